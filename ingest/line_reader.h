@@ -45,16 +45,32 @@ class LineReader {
   LineReader(int fd, LineReaderOptions options = {});
 
   // The next line, nullopt at end of stream, or an I/O error (the errno
-  // text). EINTR is retried.
+  // text). EINTR is retried. End of stream is sticky: once read(2) has
+  // returned 0, later calls return nullopt without reading again. After an
+  // error the reader may be called again (it resumes where it was).
   absl::StatusOr<std::optional<Line>> Next();
 
  private:
+  // Reads at most `n` bytes into `dst`; 0 means end of stream.
+  absl::StatusOr<size_t> Read(char* dst, size_t n);
+  // Makes room for one chunk after end_ (compacting, then growing).
+  void MakeRoom();
+  // Consumes the line [begin_, end); buf_[end] is its '\n' unless
+  // `no_newline`.
+  Line TakeLine(size_t end, bool no_newline);
+  // Continues skipping an over-long line (skipped_ bytes so far).
+  absl::StatusOr<std::optional<Line>> SkipLongLine();
+
   int fd_;
   LineReaderOptions options_;
+  // [0, capacity) holds data, followed by kLinePadding bytes of padding.
   std::vector<char> buf_;
   size_t begin_ = 0;  // first unconsumed byte in buf_
   size_t end_ = 0;    // one past the last valid byte in buf_
+  size_t scan_ = 0;   // [begin_, scan_) is known to hold no '\n'
   bool eof_ = false;
+  bool skipping_ = false;  // inside an over-long line
+  uint64_t skipped_ = 0;   // bytes of that line seen so far
   uint64_t next_number_ = 1;
   uint64_t next_offset_ = 0;  // stream offset of buf_[begin_]
 };

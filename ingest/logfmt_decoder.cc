@@ -1,0 +1,265 @@
+// logfmt decoder.
+//
+// Grammar (close to go-logfmt, a little more lenient):
+//   line   = sep* (pair (sep+ pair)*)? sep*     sep = ' ' | '\t'
+//   pair   = key | key '=' | key '=' value
+//   key    = one or more bytes other than sep, '=' and '"'
+//   value  = '"' quoted '"' | bare
+//   bare   = bytes other than sep and '"' ('=' is allowed: `url=/a?b=c`)
+//   quoted = bytes other than '"' and '\', or escapes \" \\ \/ \n \t \r \b
+//            \f \uXXXX (UTF-16, surrogate pairs combined)
+// A bare key is `true`; `key=` is the empty string. A quoted value is always
+// a string; a bare value is typed by its spelling (TypeByText). A closing
+// quote must be followed by a separator or the end of the line. A repeated
+// key: the last occurrence wins.
+//
+// Malformed records (a '"' in a key or bare value, `=value` without a key,
+// an unterminated quote, a bad escape) are rejected as invalid_logfmt with
+// the column of the offending byte; escapes are checked even in values no
+// rule reads.
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "absl/strings/str_cat.h"
+#include "ingest/decoder.h"
+#include "ingest/decoder_internal.h"
+#include "sidecar/core/event.h"
+#include "sidecar/core/strings.h"
+
+namespace invariantd {
+namespace ingest_internal {
+namespace {
+
+bool IsSep(char c) { return c == ' ' || c == '\t'; }
+
+int HexDigit(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+// Reads the 4 hex digits at s[i..i+4) as a UTF-16 code unit, or -1.
+int32_t Hex4(std::string_view s, size_t i) {
+  if (i + 4 > s.size()) return -1;
+  int32_t v = 0;
+  for (size_t k = i; k < i + 4; ++k) {
+    const int d = HexDigit(s[k]);
+    if (d < 0) return -1;
+    v = (v << 4) | d;
+  }
+  return v;
+}
+
+void AppendUtf8(char32_t cp, std::string* out) {
+  if (cp < 0x80) {
+    out->push_back(static_cast<char>(cp));
+  } else if (cp < 0x800) {
+    out->push_back(static_cast<char>(0xC0 | (cp >> 6)));
+    out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+  } else if (cp < 0x10000) {
+    out->push_back(static_cast<char>(0xE0 | (cp >> 12)));
+    out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
+    out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+  } else {
+    out->push_back(static_cast<char>(0xF0 | (cp >> 18)));
+    out->push_back(static_cast<char>(0x80 | ((cp >> 12) & 0x3F)));
+    out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
+    out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+  }
+}
+
+class LogfmtDecoder final : public Decoder {
+ public:
+  explicit LogfmtDecoder(const FieldSet& fields) : fields_(fields) {}
+
+  absl::Status Decode(std::string_view line, Event* event,
+                      std::string_view* reason) override;
+
+ private:
+  // Unescapes the content of a quoted value (`content`, which starts at
+  // line offset `at`). Appends to `out` unless it is null (validation only).
+  // On a bad escape returns false and sets `*column`.
+  static bool Unescape(std::string_view content, size_t at, std::string* out,
+                       size_t* column);
+
+  const FieldSet& fields_;
+  // Unescaped strings of the current record. Reserved to the line's size
+  // before its first use in a Decode, which bounds everything appended to
+  // it (unescaping never grows text), so views into it stay valid.
+  std::string arena_;
+};
+
+bool LogfmtDecoder::Unescape(std::string_view content, size_t at,
+                             std::string* out, size_t* column) {
+  size_t j = 0;
+  while (j < content.size()) {
+    const char c = content[j];
+    if (c != '\\') {
+      if (out != nullptr) out->push_back(c);
+      ++j;
+      continue;
+    }
+    // The scanner never ends content with a lone backslash.
+    const char e = content[j + 1];
+    char plain = 0;
+    switch (e) {
+      case '"':
+      case '\\':
+      case '/':
+        plain = e;
+        break;
+      case 'n':
+        plain = '\n';
+        break;
+      case 't':
+        plain = '\t';
+        break;
+      case 'r':
+        plain = '\r';
+        break;
+      case 'b':
+        plain = '\b';
+        break;
+      case 'f':
+        plain = '\f';
+        break;
+      case 'u': {
+        int32_t unit = Hex4(content, j + 2);
+        if (unit < 0) {
+          *column = at + j + 1;
+          return false;
+        }
+        size_t consumed = 6;
+        char32_t cp = static_cast<char32_t>(unit);
+        if (unit >= 0xDC00 && unit <= 0xDFFF) {
+          *column = at + j + 1;  // a low surrogate without a high one
+          return false;
+        }
+        if (unit >= 0xD800 && unit <= 0xDBFF) {
+          const int32_t low = j + 7 < content.size() &&
+                                      content[j + 6] == '\\' &&
+                                      content[j + 7] == 'u'
+                                  ? Hex4(content, j + 8)
+                                  : -1;
+          if (low < 0xDC00 || low > 0xDFFF) {
+            *column = at + j + 1;  // a high surrogate without a low one
+            return false;
+          }
+          cp = 0x10000 + ((static_cast<char32_t>(unit) - 0xD800) << 10) +
+               (static_cast<char32_t>(low) - 0xDC00);
+          consumed = 12;
+        }
+        if (out != nullptr) AppendUtf8(cp, out);
+        j += consumed;
+        continue;
+      }
+      default:
+        *column = at + j + 1;
+        return false;
+    }
+    if (out != nullptr) out->push_back(plain);
+    j += 2;
+  }
+  return true;
+}
+
+absl::Status LogfmtDecoder::Decode(std::string_view line, Event* event,
+                                   std::string_view* reason) {
+  if (IsBlank(line)) return Reject(reject::kEmptyLine, "empty line", 0, reason);
+  if (!IsValidUtf8Fast(line)) return InvalidUtf8Error(line, reason);
+  const int slots = fields_.size();
+  if (event->fields.size() != static_cast<size_t>(slots)) event->Reset(slots);
+  arena_.clear();
+
+  const size_t n = line.size();
+  size_t i = 0;
+  while (true) {
+    while (i < n && IsSep(line[i])) ++i;
+    if (i >= n) break;
+    const size_t key_start = i;
+    while (i < n && !IsSep(line[i]) && line[i] != '=' && line[i] != '"') ++i;
+    if (i < n && line[i] == '"') {
+      return Reject(reject::kInvalidLogfmt, "invalid logfmt: '\"' in a key",
+                    i + 1, reason);
+    }
+    if (i == key_start) {
+      return Reject(reject::kInvalidLogfmt, "invalid logfmt: '=' without a key",
+                    i + 1, reason);
+    }
+    const int slot = fields_.FindDotted(line.substr(key_start, i - key_start));
+    Value value = Value::Bool(true);
+    if (i < n && line[i] == '=') {
+      ++i;
+      if (i < n && line[i] == '"') {
+        const size_t quote = i++;
+        const size_t start = i;
+        bool escaped = false;
+        while (i < n && line[i] != '"') {
+          if (line[i] == '\\') {
+            escaped = true;
+            i += 2;
+          } else {
+            ++i;
+          }
+        }
+        if (i >= n) {
+          return Reject(reject::kInvalidLogfmt,
+                        "invalid logfmt: unterminated quoted value", quote + 1,
+                        reason);
+        }
+        const std::string_view content = line.substr(start, i - start);
+        ++i;  // the closing quote
+        if (i < n && !IsSep(line[i])) {
+          return Reject(reject::kInvalidLogfmt,
+                        "invalid logfmt: expected a space after a quoted "
+                        "value",
+                        i + 1, reason);
+        }
+        if (!escaped) {
+          value = Value::String(content);
+        } else {
+          std::string* out = nullptr;
+          if (slot >= 0) {
+            if (arena_.empty() && arena_.capacity() < n) arena_.reserve(n);
+            out = &arena_;
+          }
+          const size_t at = arena_.size();
+          size_t column = 0;
+          if (!Unescape(content, start, out, &column)) {
+            return Reject(reject::kInvalidLogfmt,
+                          "invalid logfmt: bad escape in a quoted value",
+                          column, reason);
+          }
+          value = Value::String(
+              std::string_view(arena_.data() + at, arena_.size() - at));
+        }
+      } else {
+        const size_t start = i;
+        while (i < n && !IsSep(line[i])) {
+          if (line[i] == '"') {
+            return Reject(reject::kInvalidLogfmt,
+                          "invalid logfmt: '\"' in an unquoted value", i + 1,
+                          reason);
+          }
+          ++i;
+        }
+        if (slot >= 0) value = TypeByText(line.substr(start, i - start));
+      }
+    }
+    if (slot >= 0) event->fields[static_cast<size_t>(slot)] = value;
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+std::unique_ptr<Decoder> MakeLogfmtDecoder(const FieldSet& fields) {
+  return std::make_unique<LogfmtDecoder>(fields);
+}
+
+}  // namespace ingest_internal
+}  // namespace invariantd

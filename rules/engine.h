@@ -1,0 +1,93 @@
+// Engine: evaluates a RuleSet over a stream of decoded events and produces
+// Violations. Owns all per-key state for the rule set.
+//
+// Per event: (1) its identity (the rule set's `id` expression, or a hash of
+// the raw bytes) is checked against a bounded window of recent identities;
+// a redelivered event is counted and skipped before any rule sees it.
+// (2) For every rule: `when` filters; the key tuple is evaluated and hashed
+// (once per distinct key tuple, shared between rules); the kind's state
+// machine observes the event. A rule that reads an absent field does not
+// apply to the event (counted as skipped_missing); a field of the wrong type
+// is counted as skipped_type; both are per rule.
+//
+// Thread-safety: an Engine is used by one thread. Several engines may share
+// one RuleSet. The RuleSet must outlive the engine (held by shared_ptr).
+#ifndef INVARIANTD_RULES_ENGINE_H_
+#define INVARIANTD_RULES_ENGINE_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_set.h"
+#include "rules/kind.h"
+#include "rules/rule_set.h"
+#include "sidecar/core/event.h"
+#include "sidecar/core/violation.h"
+
+namespace invariantd {
+
+struct EngineOptions {
+  // How many recent event identities are remembered for redelivery
+  // detection (0 disables it).
+  size_t dedupe_window = 1 << 16;
+};
+
+struct RuleCounters {
+  uint64_t evaluated = 0;        // events the rule applied to
+  uint64_t filtered = 0;         // events its `when` excluded
+  uint64_t skipped_missing = 0;  // a field it reads was absent
+  uint64_t skipped_type = 0;     // a field had an unusable type
+  uint64_t rejected = 0;         // no room for a new key (lost coverage)
+  uint64_t redelivered = 0;      // `unique`: same event seen again
+  uint64_t violations = 0;
+};
+
+struct RuleStats {
+  const Rule* rule = nullptr;
+  RuleCounters counters;
+  TableStats table;
+};
+
+class Engine {
+ public:
+  explicit Engine(std::shared_ptr<const RuleSet> rules,
+                  EngineOptions options = {});
+
+  // Evaluates one event; appends its violations to `out` (in rule order).
+  // Returns false when the event was a redelivery and was skipped.
+  bool Process(const Event& event, std::vector<Violation>* out);
+
+  uint64_t events() const { return events_; }
+  uint64_t redelivered_events() const { return redelivered_; }
+  std::vector<RuleStats> Stats() const;
+  const RuleSet& rules() const { return *rules_; }
+
+ private:
+  Hash128 Identity(const Event& event);
+  bool SeenRecently(const Hash128& id);
+  Violation MakeViolation(const Rule& rule, const Event& event,
+                          const Hash128& key, Finding finding);
+
+  std::shared_ptr<const RuleSet> rules_;
+  EngineOptions options_;
+  std::vector<std::unique_ptr<RuleState>> states_;
+  std::vector<RuleCounters> counters_;
+  // Per-event key cache, by key group.
+  std::vector<uint64_t> key_epoch_;
+  std::vector<Hash128> key_hash_;
+  std::vector<ObserveStatus> key_status_;
+  uint64_t epoch_ = 0;
+  TupleHasher hasher_;
+  // Redelivery window: set plus FIFO ring of the same identities.
+  absl::flat_hash_set<Hash128> recent_;
+  std::vector<Hash128> ring_;
+  size_t ring_next_ = 0;
+  uint64_t events_ = 0;
+  uint64_t redelivered_ = 0;
+};
+
+}  // namespace invariantd
+
+#endif  // INVARIANTD_RULES_ENGINE_H_

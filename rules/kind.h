@@ -1,0 +1,176 @@
+// Invariant kinds: the contract every kind implements, and the registry.
+//
+// A kind is two things:
+//   - a compiled, immutable configuration (KindConfig), built once from the
+//     rule's kind-specific YAML fields through a KindCompiler, shared by
+//     every thread that evaluates the rule;
+//   - per-key state, plain data in a bounded KeyTable, owned by one
+//     evaluation thread through the RuleState the config creates.
+// Each kind lives in its own file (rules/kinds/<kind>.cc) and registers a
+// KindSpec in kinds/registry.cc. Adding a kind is: one file, one registry
+// line, one test file, one section of docs/rules.md.
+#ifndef INVARIANTD_RULES_KIND_H_
+#define INVARIANTD_RULES_KIND_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "rules/expr.h"
+#include "rules/key_table.h"
+#include "sidecar/core/event.h"
+#include "sidecar/core/hash.h"
+#include "sidecar/core/value.h"
+
+namespace invariantd {
+
+// What a kind found wrong with one event.
+struct Finding {
+  std::string reason;     // stable, kind-specific: "regressed", "gap", ...
+  Value observed;         // points into the event
+  OwnedValue previous;    // the state it contradicts (missing if none)
+  uint64_t previous_line = 0;
+  std::string message;    // one sentence, unsanitized
+};
+
+// The event as one rule sees it.
+struct ObserveInput {
+  const Event* event = nullptr;
+  Hash128 key;       // hash of the rule's key tuple
+  Hash128 identity;  // the event's identity (raw bytes or `id` expression)
+};
+
+enum class ObserveStatus {
+  kOk,           // evaluated (a Finding may have been produced)
+  kMissing,      // a field the rule reads is absent: rule does not apply
+  kTypeError,    // a field had a kind the rule cannot use
+  kRejected,     // no room for a new key (reject_new at max_keys)
+  kRedelivered,  // `unique`: the same event seen again; not an occurrence
+};
+
+// Counters of one rule's state table.
+struct TableStats {
+  size_t keys = 0;
+  size_t bytes = 0;
+  uint64_t evicted = 0;
+  uint64_t rejected = 0;
+};
+
+class RuleState {
+ public:
+  virtual ~RuleState() = default;
+  virtual ObserveStatus Observe(const ObserveInput& in,
+                                std::optional<Finding>* finding) = 0;
+  virtual TableStats Stats() const = 0;
+};
+
+class KindConfig {
+ public:
+  virtual ~KindConfig() = default;
+  virtual std::unique_ptr<RuleState> NewState(size_t max_keys,
+                                              OverflowPolicy policy) const = 0;
+};
+
+// The loader's view given to a kind while it compiles. Every getter reports
+// its own diagnostics (file:line:column of the offending YAML node) and
+// returns nullopt/nullptr on error or absence; the kind adds semantic errors
+// with Error().
+class KindCompiler {
+ public:
+  virtual ~KindCompiler() = default;
+  virtual bool Has(std::string_view field) const = 0;
+  // `boolean`: the expression is a condition (must be bool-compatible).
+  virtual std::unique_ptr<Expr> Expression(std::string_view field,
+                                           bool required, bool boolean) = 0;
+  virtual std::optional<bool> Bool(std::string_view field) = 0;
+  virtual std::optional<int64_t> Int(std::string_view field, int64_t min,
+                                     int64_t max) = 0;
+  virtual std::optional<std::vector<std::string>> StringList(
+      std::string_view field) = 0;
+  // A map of scalar → list of scalars (transition graphs).
+  virtual std::optional<std::vector<std::pair<std::string,
+                                              std::vector<std::string>>>>
+  StringListMap(std::string_view field) = 0;
+  // `field` may be empty for an error about the rule as a whole.
+  virtual void Error(std::string_view field, std::string message) = 0;
+};
+
+struct KindSpec {
+  std::string_view name;
+  std::vector<std::string_view> fields;  // kind-specific YAML fields
+  std::function<std::unique_ptr<KindConfig>(KindCompiler&)> compile;
+};
+
+// The registry of kinds; the names are part of the output contract.
+const KindSpec* FindKind(std::string_view name);
+std::vector<std::string> KindNames();
+
+// Evaluates a value-producing expression for a kind, mapping missing and
+// type errors to an ObserveStatus.
+inline ObserveStatus EvalValue(const Expr& expr, const Event& event,
+                               Value* out) {
+  const EvalResult r = expr.Eval(event);
+  if (r.status == EvalStatus::kMissing || r.value.is_missing()) {
+    return ObserveStatus::kMissing;
+  }
+  if (r.status == EvalStatus::kTypeError) return ObserveStatus::kTypeError;
+  *out = r.value;
+  return ObserveStatus::kOk;
+}
+
+// A RuleState over a KeyTable for kinds of this shape:
+//   struct K {
+//     using Config = ...; using State = ...;   // State: plain data
+//     static ObserveStatus Extract(const Config&, const ObserveInput&,
+//                                  Value* v);
+//     static Hash128 TableKey(const Config&, const ObserveInput&,
+//                             const Value& v);
+//     static ObserveStatus Step(const Config&, State&, bool is_new,
+//                               const Value& v, const ObserveInput&,
+//                               std::optional<Finding>*);
+//     static size_t HeapBytes(const State&);
+//   };
+template <typename K>
+class KeyedRuleState final : public RuleState {
+ public:
+  KeyedRuleState(const typename K::Config* config, size_t max_keys,
+                 OverflowPolicy policy)
+      : config_(config), table_(max_keys, policy) {}
+
+  ObserveStatus Observe(const ObserveInput& in,
+                        std::optional<Finding>* finding) override {
+    Value v;
+    const ObserveStatus st = K::Extract(*config_, in, &v);
+    if (st != ObserveStatus::kOk) return st;
+    auto ref = table_.FindOrInsert(K::TableKey(*config_, in, v));
+    if (ref.state == nullptr) return ObserveStatus::kRejected;
+    return K::Step(*config_, *ref.state, ref.inserted, v, in, finding);
+  }
+
+  // O(keys) when states own heap memory; called for summaries and scrapes.
+  TableStats Stats() const override {
+    size_t heap = 0;
+    if constexpr (!std::is_trivially_copyable_v<typename K::State>) {
+      table_.ForEach(
+          [&](const Hash128&, const auto& s) { heap += K::HeapBytes(s); });
+    }
+    return TableStats{table_.size(), table_.SlotBytes() + heap,
+                      table_.evicted(), table_.rejected()};
+  }
+
+  const KeyTable<typename K::State>& table() const { return table_; }
+
+ private:
+  const typename K::Config* config_;
+  KeyTable<typename K::State> table_;
+};
+
+}  // namespace invariantd
+
+#endif  // INVARIANTD_RULES_KIND_H_

@@ -1,0 +1,643 @@
+// Rule loading: read (YAML) -> check (schema) -> compile (expressions and
+// kinds). See rule_set.h for the file format.
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "re2/re2.h"
+#include "rules/rule_set.h"
+#include "sidecar/core/json_text.h"
+#include "sidecar/core/strings.h"
+#include "yaml-cpp/yaml.h"
+
+namespace invariantd {
+
+std::string FormatDiagnostic(const Diagnostic& d) {
+  std::string out = d.file;
+  if (d.line > 0) absl::StrAppend(&out, ":", d.line, ":", d.column);
+  absl::StrAppend(&out, ": error: ", d.message);
+  if (!d.rule.empty()) absl::StrAppend(&out, " [rule '", d.rule, "']");
+  if (!d.snippet.empty()) {
+    absl::StrAppend(&out, "\n    ", d.snippet, "\n    ",
+                    std::string(d.column > 0 ? d.column - 1 : 0, ' '), "^");
+  }
+  return out;
+}
+
+std::string DiagnosticJson(const Diagnostic& d) {
+  return absl::StrCat("{\"file\":", JsonString(d.file), ",\"line\":", d.line,
+                      ",\"column\":", d.column,
+                      ",\"rule\":", JsonString(d.rule),
+                      ",\"message\":", JsonString(d.message), "}");
+}
+
+namespace {
+
+constexpr std::string_view kCommonFields[] = {
+    "name",     "kind",        "when",     "key",         "severity",
+    "description", "runbook",  "labels",   "max_keys",    "on_overflow"};
+constexpr std::string_view kSeverities[] = {"critical", "error", "warning",
+                                            "info"};
+constexpr std::string_view kReservedLabels[] = {"alertname", "severity",
+                                                "kind", "rule"};
+
+size_t EditDistance(std::string_view a, std::string_view b) {
+  std::vector<size_t> prev(b.size() + 1), cur(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) prev[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    cur[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      const bool same = absl::ascii_tolower(a[i - 1]) ==
+                        absl::ascii_tolower(b[j - 1]);
+      cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1,
+                         prev[j - 1] + (same ? 0 : 1)});
+    }
+    std::swap(prev, cur);
+  }
+  return prev[b.size()];
+}
+
+// " (did you mean 'x'?)" when a candidate is close.
+template <typename Range>
+std::string Suggest(std::string_view word, const Range& candidates) {
+  std::string_view best;
+  size_t best_d = 3;
+  for (std::string_view c : candidates) {
+    const size_t d = EditDistance(word, c);
+    if (d < best_d) {
+      best_d = d;
+      best = c;
+    }
+  }
+  if (best.empty()) return "";
+  return absl::StrCat("; did you mean '", AV(best), "'?");
+}
+
+// One rule document being loaded.
+struct Source {
+  std::string name;
+  std::vector<std::string> lines;
+};
+
+}  // namespace
+
+class RuleLoader {
+ public:
+  LoadResult Load(const std::vector<std::pair<std::string, std::string>>&
+                      documents) {
+    set_ = std::unique_ptr<RuleSet>(new RuleSet());
+    for (const auto& [name, text] : documents) LoadDocument(name, text);
+    if (set_->rules_.empty() && diags_.empty()) {
+      diags_.push_back(Diagnostic{
+          documents.empty() ? "" : documents.front().first, 0, 0, "",
+          "no rules found", ""});
+    }
+    LoadResult result;
+    result.diagnostics = std::move(diags_);
+    if (result.diagnostics.empty()) {
+      Finish();
+      result.rules = std::move(set_);
+    }
+    return result;
+  }
+
+ private:
+  // ---- locations ----
+  void ErrorAt(const YAML::Mark& mark, std::string message) {
+    Diagnostic d;
+    d.file = src_->name;
+    d.rule = rule_name_;
+    d.message = std::move(message);
+    if (mark.line >= 0) {
+      d.line = mark.line + 1;
+      d.column = mark.column + 1;
+      if (static_cast<size_t>(mark.line) < src_->lines.size()) {
+        d.snippet = src_->lines[mark.line];
+      }
+    }
+    diags_.push_back(std::move(d));
+  }
+  void ErrorAt(const YAML::Node& node, std::string message) {
+    ErrorAt(node.Mark(), std::move(message));
+  }
+
+  // Maps a byte offset inside a scalar's value to its source location.
+  YAML::Mark MarkInside(const YAML::Node& node, size_t offset) {
+    YAML::Mark m = node.Mark();
+    if (m.line < 0 || static_cast<size_t>(m.line) >= src_->lines.size()) {
+      return m;
+    }
+    const std::string& first = src_->lines[m.line];
+    const char c = static_cast<size_t>(m.column) < first.size()
+                       ? first[m.column]
+                       : '\0';
+    const std::string& value = node.Scalar();
+    if (c == '|' || c == '>') {
+      // Block scalar: content lines follow, each with its indentation.
+      size_t line_in_value = 0, col = offset;
+      for (size_t i = 0; i < offset && i < value.size(); ++i) {
+        if (value[i] == '\n') {
+          ++line_in_value;
+          col = offset - i - 1;
+        }
+      }
+      const size_t src_line = m.line + 1 + line_in_value;
+      if (src_line < src_->lines.size()) {
+        const std::string& l = src_->lines[src_line];
+        const size_t indent = l.find_first_not_of(' ');
+        m.line = static_cast<int>(src_line);
+        m.column = static_cast<int>(
+            (indent == std::string::npos ? 0 : indent) + col);
+      }
+      return m;
+    }
+    const int quote = (c == '"' || c == '\'') ? 1 : 0;
+    m.column += quote + static_cast<int>(offset);
+    return m;
+  }
+
+  // ---- reading ----
+  void LoadDocument(const std::string& name, const std::string& text) {
+    Source src{name, absl::StrSplit(text, '\n')};
+    src_ = &src;
+    rule_name_.clear();
+    set_->files_.push_back(name);
+    if (text.size() > kMaxRuleFileBytes) {
+      diags_.push_back(Diagnostic{
+          name, 0, 0, "",
+          absl::StrCat("rule file is ", text.size(), " bytes; the limit is ",
+                       kMaxRuleFileBytes),
+          ""});
+      return;
+    }
+    YAML::Node root;
+    try {
+      root = YAML::Load(text);
+    } catch (const YAML::Exception& e) {
+      ErrorAt(e.mark,
+              absl::StrCat("invalid YAML: ", e.msg,
+                           " (an expression containing '??', ': ', '#', "
+                           "'[' or '{' must be quoted)"));
+      return;
+    }
+    if (!root.IsMap()) {
+      ErrorAt(root, "a rule file is a mapping with a 'rules' list");
+      return;
+    }
+    for (const auto& kv : root) {
+      const std::string k = kv.first.as<std::string>();
+      if (k != "rules" && k != "input" && k != "pack" && k != "description") {
+        ErrorAt(kv.first,
+                absl::StrCat("unknown top-level field '", k, "'",
+                             Suggest(k, std::vector<std::string_view>{
+                                            "rules", "input", "pack",
+                                            "description"})));
+      }
+    }
+    if (root["input"]) LoadInput(root["input"]);
+    const YAML::Node rules = root["rules"];
+    if (!rules) {
+      ErrorAt(root, "missing 'rules' (a list of rules)");
+      return;
+    }
+    if (!rules.IsSequence()) {
+      ErrorAt(rules, "'rules' must be a list");
+      return;
+    }
+    for (const YAML::Node& r : rules) LoadRule(r);
+    rule_name_.clear();
+  }
+
+  void LoadInput(const YAML::Node& in) {
+    if (!in.IsMap()) {
+      ErrorAt(in, "'input' must be a mapping (format, pattern, id)");
+      return;
+    }
+    InputSpec spec;
+    spec.file = src_->name;
+    for (const auto& kv : in) {
+      const std::string k = kv.first.as<std::string>();
+      if (k == "format" || k == "pattern") {
+        std::string v;
+        if (!Scalar(kv.second, k, &v)) continue;
+        (k == "format" ? spec.format : spec.pattern) = v;
+      } else if (k == "id") {
+        if (set_->event_id_ != nullptr) {
+          ErrorAt(kv.first, "event 'id' is already declared by another file");
+          continue;
+        }
+        set_->event_id_ = CompileAt(kv.second, /*boolean=*/false);
+      } else {
+        ErrorAt(kv.first,
+                absl::StrCat("unknown field '", k, "' in 'input'",
+                             Suggest(k, std::vector<std::string_view>{
+                                            "format", "pattern", "id"})));
+      }
+    }
+    if (spec.format.empty()) spec.format = "json";
+    if (spec.format != "json" && spec.format != "logfmt" &&
+        spec.format != "regex") {
+      ErrorAt(in["format"], absl::StrCat("unknown input format '",
+                                         spec.format,
+                                         "'; expected json, logfmt or regex"));
+    }
+    if (spec.format == "regex" && spec.pattern.empty()) {
+      ErrorAt(in, "format 'regex' needs a 'pattern'");
+    }
+    if (set_->input_ && (set_->input_->format != spec.format ||
+                         set_->input_->pattern != spec.pattern)) {
+      ErrorAt(in, absl::StrCat("conflicting 'input' with ",
+                               set_->input_->file));
+      return;
+    }
+    set_->input_ = spec;
+  }
+
+  bool Scalar(const YAML::Node& n, std::string_view what, std::string* out) {
+    if (!n.IsScalar()) {
+      ErrorAt(n, absl::StrCat("'", AV(what), "' must be a string"));
+      return false;
+    }
+    *out = n.Scalar();
+    return true;
+  }
+
+  std::unique_ptr<Expr> CompileAt(const YAML::Node& n, bool boolean) {
+    if (!n.IsScalar()) {
+      ErrorAt(n, "expected an expression (a string)");
+      return nullptr;
+    }
+    std::vector<ExprError> errors;
+    std::unique_ptr<Expr> e = CompileExpr(n.Scalar(), &set_->fields_, &errors);
+    for (const ExprError& err : errors) {
+      ErrorAt(MarkInside(n, err.offset), err.message);
+    }
+    if (e != nullptr && boolean && e->type() != ExprType::kBool &&
+        e->type() != ExprType::kAny) {
+      ErrorAt(n, "this condition can never be true or false: it is not a "
+                 "boolean expression");
+      return nullptr;
+    }
+    return e;
+  }
+
+  // ---- checking and compiling one rule ----
+  class Compiler : public KindCompiler {
+   public:
+    Compiler(RuleLoader* l, const YAML::Node& rule) : l_(l), rule_(rule) {}
+    bool Has(std::string_view f) const override {
+      return static_cast<bool>(rule_[std::string(f)]);
+    }
+    YAML::Node Get(std::string_view f) const {
+      return rule_[std::string(f)];
+    }
+    std::unique_ptr<Expr> Expression(std::string_view f, bool required,
+                                     bool boolean) override {
+      const YAML::Node n = Get(f);
+      if (!n) {
+        if (required) Missing(f);
+        return nullptr;
+      }
+      return l_->CompileAt(n, boolean);
+    }
+    std::optional<bool> Bool(std::string_view f) override {
+      const YAML::Node n = Get(f);
+      if (!n) return std::nullopt;
+      bool b;
+      if (!n.IsScalar() || !YAML::convert<bool>::decode(n, b)) {
+        l_->ErrorAt(n, absl::StrCat("'", AV(f), "' must be true or false"));
+        return std::nullopt;
+      }
+      return b;
+    }
+    std::optional<int64_t> Int(std::string_view f, int64_t min,
+                               int64_t max) override {
+      const YAML::Node n = Get(f);
+      if (!n) return std::nullopt;
+      int64_t v;
+      if (!n.IsScalar() || !YAML::convert<int64_t>::decode(n, v) || v < min ||
+          v > max) {
+        l_->ErrorAt(n, absl::StrCat("'", AV(f), "' must be an integer from ",
+                                    min, " to ", max));
+        return std::nullopt;
+      }
+      return v;
+    }
+    std::optional<std::vector<std::string>> StringList(
+        std::string_view f) override {
+      const YAML::Node n = Get(f);
+      if (!n) return std::nullopt;
+      return List(n, f);
+    }
+    std::optional<std::vector<std::pair<std::string, std::vector<std::string>>>>
+    StringListMap(std::string_view f) override {
+      const YAML::Node n = Get(f);
+      if (!n) return std::nullopt;
+      if (!n.IsMap()) {
+        l_->ErrorAt(n, absl::StrCat("'", AV(f),
+                                    "' must be a mapping of state to a list "
+                                    "of next states"));
+        return std::nullopt;
+      }
+      std::vector<std::pair<std::string, std::vector<std::string>>> out;
+      bool ok = true;
+      for (const auto& kv : n) {
+        if (!kv.first.IsScalar()) {
+          l_->ErrorAt(kv.first, "a state name must be a string");
+          ok = false;
+          continue;
+        }
+        auto list = List(kv.second, f);
+        if (!list) {
+          ok = false;
+          continue;
+        }
+        out.emplace_back(kv.first.Scalar(), std::move(*list));
+      }
+      if (!ok) return std::nullopt;
+      return out;
+    }
+    void Error(std::string_view f, std::string message) override {
+      const YAML::Node n = f.empty() ? YAML::Node() : Get(f);
+      l_->ErrorAt(n ? n : rule_, std::move(message));
+    }
+    void Missing(std::string_view f) {
+      l_->ErrorAt(rule_, absl::StrCat("missing required field '", AV(f), "'"));
+    }
+
+   private:
+    std::optional<std::vector<std::string>> List(const YAML::Node& n,
+                                                 std::string_view f) {
+      if (n.IsNull()) return std::vector<std::string>{};
+      if (!n.IsSequence()) {
+        l_->ErrorAt(n, absl::StrCat("'", AV(f), "' must be a list"));
+        return std::nullopt;
+      }
+      std::vector<std::string> out;
+      for (const YAML::Node& e : n) {
+        if (!e.IsScalar()) {
+          l_->ErrorAt(e, absl::StrCat("items of '", AV(f),
+                                      "' must be strings"));
+          return std::nullopt;
+        }
+        out.push_back(e.Scalar());
+      }
+      return out;
+    }
+
+    RuleLoader* l_;
+    const YAML::Node& rule_;
+  };
+
+  void LoadRule(const YAML::Node& node) {
+    rule_name_.clear();
+    if (!node.IsMap()) {
+      ErrorAt(node, "a rule must be a mapping (name, kind, ...)");
+      return;
+    }
+    Rule rule;
+    rule.file = src_->name;
+    rule.line = node.Mark().line + 1;
+    const size_t errors_before = diags_.size();
+
+    // name and kind first: later messages name the rule.
+    if (const YAML::Node n = node["name"]; !n) {
+      ErrorAt(node, "missing required field 'name'");
+    } else if (Scalar(n, "name", &rule.name)) {
+      rule_name_ = rule.name;
+      static const LazyRE2 kName = {"[A-Za-z0-9_][A-Za-z0-9_.:-]*"};
+      if (!RE2::FullMatch(rule.name, *kName)) {
+        ErrorAt(n, "a rule name may use letters, digits, '_', '.', ':' and "
+                   "'-' (it becomes an alert name)");
+      } else if (!names_.insert(rule.name).second) {
+        ErrorAt(n, absl::StrCat("duplicate rule name '", rule.name, "'"));
+      }
+    }
+    const KindSpec* spec = nullptr;
+    if (const YAML::Node n = node["kind"]; !n) {
+      ErrorAt(node, "missing required field 'kind'");
+    } else if (Scalar(n, "kind", &rule.kind)) {
+      spec = FindKind(rule.kind);
+      if (spec == nullptr) {
+        ErrorAt(n, absl::StrCat("unknown kind '", rule.kind, "'; kinds are ",
+                                absl::StrJoin(KindNames(), ", "),
+                                Suggest(rule.kind, KindNames())));
+      }
+    }
+
+    // Unknown fields: typos must not silently disable a check.
+    for (const auto& kv : node) {
+      const std::string f = kv.first.as<std::string>();
+      const bool common = std::find(std::begin(kCommonFields),
+                                    std::end(kCommonFields),
+                                    f) != std::end(kCommonFields);
+      const bool specific =
+          spec != nullptr && std::find(spec->fields.begin(),
+                                       spec->fields.end(),
+                                       f) != spec->fields.end();
+      if (!common && !specific) {
+        std::vector<std::string_view> all(std::begin(kCommonFields),
+                                          std::end(kCommonFields));
+        if (spec) all.insert(all.end(), spec->fields.begin(),
+                             spec->fields.end());
+        ErrorAt(kv.first,
+                absl::StrCat("unknown field '", f, "'",
+                             spec ? absl::StrCat(" for kind '", rule.kind, "'")
+                                  : "",
+                             Suggest(f, all)));
+      }
+    }
+
+    if (const YAML::Node n = node["when"]) {
+      rule.when = CompileAt(n, /*boolean=*/true);
+    }
+    LoadKey(node["key"], &rule);
+    if (const YAML::Node n = node["severity"]) {
+      if (Scalar(n, "severity", &rule.severity) &&
+          std::find(std::begin(kSeverities), std::end(kSeverities),
+                    rule.severity) == std::end(kSeverities)) {
+        ErrorAt(n, absl::StrCat("unknown severity '", rule.severity,
+                                "'; use critical, error, warning or info"));
+      }
+    }
+    if (const YAML::Node n = node["description"]) {
+      Scalar(n, "description", &rule.description);
+    }
+    if (const YAML::Node n = node["runbook"]) Scalar(n, "runbook", &rule.runbook);
+    LoadLabels(node["labels"], &rule);
+    Compiler kc(this, node);
+    if (auto v = kc.Int("max_keys", 1, 1'000'000'000)) rule.max_keys = *v;
+    if (const YAML::Node n = node["on_overflow"]) {
+      std::string p;
+      if (Scalar(n, "on_overflow", &p)) {
+        if (p == "evict_oldest") {
+          rule.overflow = OverflowPolicy::kEvictOldest;
+        } else if (p == "reject_new") {
+          rule.overflow = OverflowPolicy::kRejectNew;
+        } else {
+          ErrorAt(n, absl::StrCat("unknown on_overflow '", p,
+                                  "'; use evict_oldest or reject_new"));
+        }
+      }
+    }
+    if (spec != nullptr) rule.config = spec->compile(kc);
+    if (diags_.size() != errors_before || rule.config == nullptr) return;
+
+    YAML::Emitter canon;
+    canon << node;
+    rule.digest = HashBytes(canon.c_str());
+    set_->rules_.push_back(std::move(rule));
+  }
+
+  void LoadKey(const YAML::Node& n, Rule* rule) {
+    if (!n || n.IsNull()) return;
+    if (!n.IsSequence()) {
+      ErrorAt(n, "'key' must be a list of field paths or {name: expression}");
+      return;
+    }
+    StringSet seen;
+    for (const YAML::Node& item : n) {
+      KeyField kf;
+      YAML::Node expr_node = item;
+      if (item.IsMap() && item.size() == 1) {
+        kf.name = item.begin()->first.as<std::string>();
+        expr_node = item.begin()->second;
+      } else if (!item.IsScalar()) {
+        ErrorAt(item, "a key item is a field path or {name: expression}");
+        continue;
+      }
+      kf.expr = CompileAt(expr_node, /*boolean=*/false);
+      if (!kf.expr) continue;
+      if (kf.name.empty()) {
+        auto path = kf.expr->AsPath();
+        kf.name = path ? path->ToString() : kf.expr->text();
+      }
+      if (!seen.insert(kf.name).second) {
+        ErrorAt(item, absl::StrCat("duplicate key field '", kf.name, "'"));
+        continue;
+      }
+      rule->key.push_back(std::move(kf));
+    }
+  }
+
+  void LoadLabels(const YAML::Node& n, Rule* rule) {
+    if (!n) return;
+    if (!n.IsMap()) {
+      ErrorAt(n, "'labels' must be a mapping of label name to value");
+      return;
+    }
+    static const LazyRE2 kLabel = {"[a-zA-Z_][a-zA-Z0-9_]*"};
+    for (const auto& kv : n) {
+      const std::string k = kv.first.as<std::string>();
+      if (!RE2::FullMatch(k, *kLabel) || absl::StartsWith(k, "__")) {
+        ErrorAt(kv.first, absl::StrCat("invalid label name '", k,
+                                       "' (Prometheus label names match "
+                                       "[a-zA-Z_][a-zA-Z0-9_]*)"));
+        continue;
+      }
+      if (std::find(std::begin(kReservedLabels), std::end(kReservedLabels),
+                    k) != std::end(kReservedLabels)) {
+        ErrorAt(kv.first,
+                absl::StrCat("label '", k, "' is set by invariantd itself"));
+        continue;
+      }
+      std::string v;
+      if (Scalar(kv.second, k, &v)) rule->labels.emplace_back(k, v);
+    }
+  }
+
+  // Assigns key groups and the set digest once all rules compiled.
+  void Finish() {
+    StringMap<int> groups;
+    TupleHasher digest;
+    for (Rule& r : set_->rules_) {
+      std::string sig;
+      for (const KeyField& k : r.key) absl::StrAppend(&sig, k.expr->text(), "\x1f");
+      auto [it, inserted] =
+          groups.emplace(sig, static_cast<int>(groups.size()));
+      r.key_group = it->second;
+      digest.AddU64(r.digest.lo);
+      digest.AddU64(r.digest.hi);
+    }
+    set_->key_groups_ = static_cast<int>(groups.size());
+    set_->digest_ = digest.Finish();
+  }
+
+  std::unique_ptr<RuleSet> set_;
+  std::vector<Diagnostic> diags_;
+  const Source* src_ = nullptr;
+  std::string rule_name_;
+  StringSet names_;
+};
+
+LoadResult LoadRuleText(std::string_view text, std::string_view name) {
+  RuleLoader loader;
+  return loader.Load({{std::string(name), std::string(text)}});
+}
+
+LoadResult LoadRuleFiles(const std::vector<std::string>& paths) {
+  namespace fs = std::filesystem;
+  std::vector<std::pair<std::string, std::string>> docs;
+  std::vector<Diagnostic> io_errors;
+  auto read = [&](const std::string& path) {
+    std::error_code ec;
+    const auto size = fs::file_size(path, ec);
+    if (!ec && size > kMaxRuleFileBytes) {
+      io_errors.push_back(Diagnostic{
+          path, 0, 0, "",
+          absl::StrCat("rule file is ", size, " bytes; the limit is ",
+                       kMaxRuleFileBytes),
+          ""});
+      return;
+    }
+    std::ifstream in(path, std::ios::binary);
+    if (!in) {
+      io_errors.push_back(
+          Diagnostic{path, 0, 0, "", "cannot read rule file", ""});
+      return;
+    }
+    std::ostringstream ss;
+    ss << in.rdbuf();
+    docs.emplace_back(path, ss.str());
+  };
+  for (const std::string& p : paths) {
+    std::error_code ec;
+    if (fs::is_directory(p, ec)) {
+      std::vector<std::string> files;
+      for (const auto& e : fs::directory_iterator(p, ec)) {
+        const std::string ext = e.path().extension().string();
+        if (e.is_regular_file() && (ext == ".yaml" || ext == ".yml") &&
+            e.path().filename().string()[0] != '.') {
+          files.push_back(e.path().string());
+        }
+      }
+      std::sort(files.begin(), files.end());
+      if (files.empty()) {
+        io_errors.push_back(Diagnostic{
+            p, 0, 0, "", "directory contains no .yaml or .yml files", ""});
+      }
+      for (const auto& f : files) read(f);
+    } else if (fs::exists(p, ec)) {
+      read(p);
+    } else {
+      io_errors.push_back(Diagnostic{p, 0, 0, "", "no such file", ""});
+    }
+  }
+  RuleLoader loader;
+  LoadResult r = loader.Load(docs);
+  if (!io_errors.empty()) {
+    io_errors.insert(io_errors.end(), r.diagnostics.begin(),
+                     r.diagnostics.end());
+    r.diagnostics = std::move(io_errors);
+    r.rules = nullptr;
+  }
+  return r;
+}
+
+}  // namespace invariantd

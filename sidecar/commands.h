@@ -1,0 +1,44 @@
+// The CLI's subcommands as plain functions, so tests can call them without a
+// process. Each returns the process exit status: 0 success / no violation,
+// 1 violations found (replay) or tests failed (test), 2 usage,
+// configuration or input error.
+#ifndef INVARIANTD_SIDECAR_COMMANDS_H_
+#define INVARIANTD_SIDECAR_COMMANDS_H_
+
+#include <cstddef>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "sidecar/violation_format.h"
+
+namespace invariantd {
+
+inline constexpr int kExitOk = 0;
+inline constexpr int kExitViolations = 1;
+inline constexpr int kExitError = 2;
+
+struct ReplayCommand {
+  std::vector<std::string> rules;
+  std::vector<std::string> inputs;  // "-" is stdin
+  OutputFormat format = OutputFormat::kJsonl;
+  std::string input_format;  // empty: the rule set's `input`, else json
+  std::string pattern;       // for --input-format regex
+  size_t max_line_bytes = 1 << 20;
+  size_t dedupe_window = 1 << 16;
+  bool summary = true;
+};
+
+int RunReplay(const ReplayCommand& cmd, std::ostream& out, std::ostream& err);
+
+// `validate PATH...`: json=true prints diagnostics as JSON lines.
+int RunValidate(const std::vector<std::string>& paths, bool json,
+                std::ostream& out, std::ostream& err);
+
+int RunTest(const std::vector<std::string>& files, std::ostream& out);
+
+std::string_view Version();
+
+}  // namespace invariantd
+
+#endif  // INVARIANTD_SIDECAR_COMMANDS_H_

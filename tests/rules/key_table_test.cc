@@ -1,0 +1,132 @@
+#include "rules/key_table.h"
+
+#include <map>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "rapidcheck/gtest.h"
+
+namespace invariantd {
+namespace {
+
+Hash128 K(uint64_t i) { return HashBytes(std::to_string(i)); }
+
+TEST(KeyTableTest, InsertFindErase) {
+  KeyTable<int> t(100, OverflowPolicy::kEvictOldest);
+  auto r = t.FindOrInsert(K(1));
+  ASSERT_NE(r.state, nullptr);
+  EXPECT_TRUE(r.inserted);
+  *r.state = 42;
+  r = t.FindOrInsert(K(1));
+  EXPECT_FALSE(r.inserted);
+  EXPECT_EQ(*r.state, 42);
+  EXPECT_EQ(t.size(), 1u);
+  EXPECT_TRUE(t.Erase(K(1)));
+  EXPECT_EQ(t.Find(K(1)), nullptr);
+  EXPECT_EQ(t.size(), 0u);
+}
+
+TEST(KeyTableTest, ZeroHashIsAValidKey) {
+  KeyTable<int> t(10, OverflowPolicy::kEvictOldest);
+  *t.FindOrInsert(Hash128{0, 0}).state = 7;
+  ASSERT_NE(t.Find(Hash128{0, 0}), nullptr);
+  EXPECT_EQ(*t.Find(Hash128{0, 0}), 7);
+}
+
+TEST(KeyTableTest, RejectNewAtLimitCountsAndKeepsOldKeys) {
+  KeyTable<int> t(3, OverflowPolicy::kRejectNew);
+  for (int i = 0; i < 3; ++i) ASSERT_NE(t.FindOrInsert(K(i)).state, nullptr);
+  EXPECT_EQ(t.FindOrInsert(K(99)).state, nullptr);
+  EXPECT_EQ(t.FindOrInsert(K(98)).state, nullptr);
+  EXPECT_EQ(t.rejected(), 2u);
+  EXPECT_EQ(t.size(), 3u);
+  for (int i = 0; i < 3; ++i) EXPECT_NE(t.Find(K(i)), nullptr);
+}
+
+TEST(KeyTableTest, EvictOldestPrefersStaleKeys) {
+  // One hot key touched constantly survives a flood of new keys.
+  KeyTable<int> t(64, OverflowPolicy::kEvictOldest);
+  t.FindOrInsert(K(0));
+  for (int i = 1; i < 10000; ++i) {
+    t.FindOrInsert(K(0));
+    t.FindOrInsert(K(i));
+  }
+  EXPECT_EQ(t.size(), 64u);
+  EXPECT_EQ(t.evicted(), 10000u - 64u);
+  EXPECT_NE(t.Find(K(0)), nullptr);
+}
+
+TEST(KeyTableTest, MemoryPerKeyAtOneMillionKeysForMonotonicSizedState) {
+  struct S16 {
+    uint64_t a, b;
+  };
+  KeyTable<S16> t(2'000'000, OverflowPolicy::kEvictOldest);
+  for (uint64_t i = 0; i < 1'000'000; ++i) t.FindOrInsert(K(i));
+  // 40-byte slots at >= 57% load: at most 70 bytes per key whatever the
+  // growth point; bench/ records the exact figure.
+  EXPECT_LE(t.SlotBytes() / t.size(), 70u);
+}
+
+// Differential: the table against std::map under random operations,
+// including churn at the limit with reject_new (exactly predictable).
+RC_GTEST_PROP(KeyTableProperty, MatchesReferenceMap, ()) {
+  const size_t limit = *rc::gen::inRange<size_t>(1, 40);
+  KeyTable<uint64_t> t(limit, OverflowPolicy::kRejectNew);
+  std::map<uint64_t, uint64_t> ref;
+  const auto ops = *rc::gen::container<std::vector<std::pair<int, uint64_t>>>(
+      rc::gen::pair(rc::gen::inRange(0, 3), rc::gen::inRange<uint64_t>(0, 60)));
+  uint64_t rejected = 0;
+  for (const auto& [op, k] : ops) {
+    if (op == 0 || op == 1) {
+      auto r = t.FindOrInsert(K(k));
+      if (ref.count(k)) {
+        RC_ASSERT(r.state != nullptr);
+        RC_ASSERT(!r.inserted);
+        RC_ASSERT(*r.state == ref[k]);
+        *r.state = ref[k] = ref[k] + 1;
+      } else if (ref.size() >= limit) {
+        RC_ASSERT(r.state == nullptr);
+        ++rejected;
+      } else {
+        RC_ASSERT(r.state != nullptr);
+        RC_ASSERT(r.inserted);
+        RC_ASSERT(*r.state == 0u);
+        *r.state = ref[k] = 1;
+      }
+    } else {
+      RC_ASSERT(t.Erase(K(k)) == (ref.erase(k) == 1));
+    }
+    RC_ASSERT(t.size() == ref.size());
+  }
+  RC_ASSERT(t.rejected() == rejected);
+  for (const auto& [k, v] : ref) {
+    RC_ASSERT(t.Find(K(k)) != nullptr);
+    RC_ASSERT(*t.Find(K(k)) == v);
+  }
+  size_t visited = 0;
+  t.ForEach([&](const Hash128&, const uint64_t&) { ++visited; });
+  RC_ASSERT(visited == ref.size());
+}
+
+// With eviction the table never exceeds its limit, counts every eviction,
+// and keeps every key it did not evict.
+RC_GTEST_PROP(KeyTableProperty, EvictionIsBoundedAndCounted, ()) {
+  const size_t limit = *rc::gen::inRange<size_t>(1, 30);
+  KeyTable<int> t(limit, OverflowPolicy::kEvictOldest);
+  const auto keys = *rc::gen::container<std::vector<uint64_t>>(
+      rc::gen::inRange<uint64_t>(0, 100));
+  std::map<uint64_t, bool> inserted;
+  uint64_t new_keys = 0;
+  for (uint64_t k : keys) {
+    const bool present = t.Find(K(k)) != nullptr;
+    auto r = t.FindOrInsert(K(k));
+    RC_ASSERT(r.state != nullptr);
+    RC_ASSERT(r.inserted == !present);
+    if (!present) ++new_keys;
+    RC_ASSERT(t.size() <= limit);
+  }
+  RC_ASSERT(t.size() + t.evicted() == new_keys);
+}
+
+}  // namespace
+}  // namespace invariantd

@@ -1,0 +1,207 @@
+#include <string>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "rules/rule_set.h"
+
+namespace invariantd {
+namespace {
+
+using ::testing::AllOf;
+using ::testing::Field;
+using ::testing::HasSubstr;
+
+auto DiagAt(int line, int column, const std::string& msg) {
+  return AllOf(Field(&Diagnostic::line, line),
+               Field(&Diagnostic::column, column),
+               Field(&Diagnostic::message, HasSubstr(msg)));
+}
+
+TEST(LoaderTest, LoadsAValidRuleWithDefaults) {
+  LoadResult r = LoadRuleText(R"(
+rules:
+  - name: term
+    kind: monotonic
+    key: [event.nid, {cluster: labels.cluster}]
+    field: event.state.term
+)",
+                              "t.yaml");
+  ASSERT_TRUE(r.ok()) << FormatDiagnostic(r.diagnostics.front());
+  ASSERT_EQ(r.rules->rules().size(), 1u);
+  const Rule& rule = r.rules->rules()[0];
+  EXPECT_EQ(rule.kind, "monotonic");
+  EXPECT_EQ(rule.severity, "critical");
+  EXPECT_EQ(rule.max_keys, kDefaultMaxKeys);
+  ASSERT_EQ(rule.key.size(), 2u);
+  EXPECT_EQ(rule.key[0].name, "event.nid");
+  EXPECT_EQ(rule.key[1].name, "cluster");
+  EXPECT_EQ(rule.line, 3);
+  EXPECT_GE(r.rules->fields().size(), 3);
+}
+
+TEST(LoaderTest, UnknownFieldIsAnErrorWithASuggestion) {
+  LoadResult r = LoadRuleText(R"(rules:
+  - name: term
+    kind: monotonic
+    feild: event.state.term
+)",
+                              "t.yaml");
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.diagnostics,
+              ::testing::Contains(DiagAt(4, 5, "unknown field 'feild'")));
+  EXPECT_THAT(r.diagnostics[0].message, HasSubstr("did you mean 'field'"));
+  EXPECT_EQ(r.diagnostics[0].rule, "term");
+  EXPECT_EQ(r.diagnostics[0].file, "t.yaml");
+}
+
+TEST(LoaderTest, AllErrorsOfAllRulesInOnePass) {
+  LoadResult r = LoadRuleText(R"(rules:
+  - name: a
+    kind: monotonc
+  - name: b
+    kind: agreement
+    field: x
+    severity: fatal
+  - name: a
+    kind: always
+    always: x <
+  - kind: sequence
+    field: y
+)",
+                              "t.yaml");
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.diagnostics,
+              ::testing::IsSupersetOf(
+                  {DiagAt(3, 11, "unknown kind 'monotonc'"),
+                   DiagAt(7, 15, "unknown severity 'fatal'"),
+                   DiagAt(8, 11, "duplicate rule name 'a'"),
+                   DiagAt(11, 5, "missing required field 'name'")}));
+  // The expression error points inside the expression (line 10).
+  bool expr_error = false;
+  for (const Diagnostic& d : r.diagnostics) {
+    if (d.line == 10 && d.column > 13) expr_error = true;
+  }
+  EXPECT_TRUE(expr_error);
+}
+
+TEST(LoaderTest, ExpressionErrorPointsInsideTheExpression) {
+  LoadResult r = LoadRuleText(R"(rules:
+  - name: a
+    kind: always
+    always: "x.startswith('a')"
+)",
+                              "t.yaml");
+  ASSERT_FALSE(r.ok());
+  const Diagnostic& d = r.diagnostics[0];
+  EXPECT_EQ(d.line, 4);
+  // `startswith` starts at column 16: 13 for the opening quote, +3 for "x.".
+  EXPECT_EQ(d.column, 16) << FormatDiagnostic(d);
+  EXPECT_THAT(FormatDiagnostic(d), HasSubstr("t.yaml:4:16: error:"));
+  EXPECT_THAT(FormatDiagnostic(d), HasSubstr("always: \"x.startswith('a')\""));
+}
+
+TEST(LoaderTest, ExpressionErrorInABlockScalarPointsAtTheRightLine) {
+  LoadResult r = LoadRuleText(R"(rules:
+  - name: a
+    kind: always
+    always: |
+      x > 1 &&
+      y ! 2
+)",
+                              "t.yaml");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.diagnostics[0].line, 6) << FormatDiagnostic(r.diagnostics[0]);
+}
+
+TEST(LoaderTest, NonBooleanConditionIsRejected) {
+  LoadResult r = LoadRuleText(R"(rules:
+  - {name: a, kind: always, always: "1 + 2"}
+)",
+                              "t.yaml");
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.diagnostics[0].message, HasSubstr("not a boolean"));
+}
+
+TEST(LoaderTest, InvalidYamlIsLocated) {
+  LoadResult r = LoadRuleText("rules:\n  - name: [unclosed\n", "t.yaml");
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.diagnostics[0].message, HasSubstr("invalid YAML"));
+  EXPECT_GT(r.diagnostics[0].line, 0);
+}
+
+TEST(LoaderTest, TransitionGraphIsChecked) {
+  LoadResult r = LoadRuleText(R"(rules:
+  - name: t
+    kind: transition
+    field: s
+    states: [A, B]
+    transitions: {A: [C]}
+    terminal: [D]
+)",
+                              "t.yaml");
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.diagnostics,
+              ::testing::IsSupersetOf(
+                  {Field(&Diagnostic::message,
+                         HasSubstr("state 'C' is not listed in 'states'")),
+                   Field(&Diagnostic::message,
+                         HasSubstr("state 'D' does not appear"))}));
+}
+
+TEST(LoaderTest, LabelsAreValidatedForAlerting) {
+  LoadResult r = LoadRuleText(R"(rules:
+  - name: t
+    kind: monotonic
+    field: x
+    labels: {severity: high, "bad-name": x, __meta: y, team: storage}
+)",
+                              "t.yaml");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.diagnostics.size(), 3u);
+}
+
+TEST(LoaderTest, InputSectionAndEventId) {
+  LoadResult r = LoadRuleText(R"(input:
+  format: logfmt
+  id: request_id
+rules:
+  - {name: u, kind: unique, key: [tenant], field: idempotency_key}
+)",
+                              "t.yaml");
+  ASSERT_TRUE(r.ok());
+  ASSERT_TRUE(r.rules->input().has_value());
+  EXPECT_EQ(r.rules->input()->format, "logfmt");
+  EXPECT_NE(r.rules->event_id(), nullptr);
+}
+
+TEST(LoaderTest, RulesSharingAKeyShareAKeyGroup) {
+  LoadResult r = LoadRuleText(R"(rules:
+  - {name: a, kind: monotonic, key: [n], field: x}
+  - {name: b, kind: monotonic, key: [n], field: y}
+  - {name: c, kind: monotonic, key: [m], field: y}
+)",
+                              "t.yaml");
+  ASSERT_TRUE(r.ok());
+  const auto& rules = r.rules->rules();
+  EXPECT_EQ(rules[0].key_group, rules[1].key_group);
+  EXPECT_NE(rules[0].key_group, rules[2].key_group);
+  EXPECT_EQ(r.rules->key_groups(), 2);
+}
+
+TEST(LoaderTest, MissingFileAndEmptyDirectoryAreReported) {
+  LoadResult r = LoadRuleFiles({"/nonexistent/rules.yaml"});
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.diagnostics[0].message, HasSubstr("no such file"));
+}
+
+TEST(LoaderTest, ShippedPacksValidate) {
+  LoadResult r =
+      LoadRuleFiles({std::string(INVARIANTD_SOURCE_DIR) + "/rules/packs"});
+  for (const Diagnostic& d : r.diagnostics) ADD_FAILURE() << FormatDiagnostic(d);
+  ASSERT_TRUE(r.ok());
+  EXPECT_GE(r.rules->rules().size(), 12u);
+}
+
+}  // namespace
+}  // namespace invariantd
