@@ -192,8 +192,7 @@ class AdditiveNode final : public Node {
       if (r.status == EvalStatus::kTypeError) return r;
       if (acc.status == EvalStatus::kMissing ||
           r.status == EvalStatus::kMissing) {
-        acc = Missing();
-        continue;
+        return Missing();
       }
       acc = ApplyAdd(acc.value, r.value, minus_[i - 1]);
       if (acc.status == EvalStatus::kTypeError) return acc;

@@ -182,7 +182,7 @@ class RuleLoader {
     } catch (const YAML::Exception& e) {
       ErrorAt(e.mark,
               absl::StrCat("invalid YAML: ", e.msg,
-                           " (an expression containing '??', ': ', '#', "
+                           " (an expression containing '\?\?', ': ', '#', "
                            "'[' or '{' must be quoted)"));
       return;
     }

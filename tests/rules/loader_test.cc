@@ -19,13 +19,13 @@ auto DiagAt(int line, int column, const std::string& msg) {
 }
 
 TEST(LoaderTest, LoadsAValidRuleWithDefaults) {
-  LoadResult r = LoadRuleText(R"(
+  LoadResult r = LoadRuleText(R"yaml(
 rules:
   - name: term
     kind: monotonic
     key: [event.nid, {cluster: labels.cluster}]
     field: event.state.term
-)",
+)yaml",
                               "t.yaml");
   ASSERT_TRUE(r.ok()) << FormatDiagnostic(r.diagnostics.front());
   ASSERT_EQ(r.rules->rules().size(), 1u);
@@ -41,11 +41,11 @@ rules:
 }
 
 TEST(LoaderTest, UnknownFieldIsAnErrorWithASuggestion) {
-  LoadResult r = LoadRuleText(R"(rules:
+  LoadResult r = LoadRuleText(R"yaml(rules:
   - name: term
     kind: monotonic
     feild: event.state.term
-)",
+)yaml",
                               "t.yaml");
   ASSERT_FALSE(r.ok());
   EXPECT_THAT(r.diagnostics,
@@ -56,7 +56,7 @@ TEST(LoaderTest, UnknownFieldIsAnErrorWithASuggestion) {
 }
 
 TEST(LoaderTest, AllErrorsOfAllRulesInOnePass) {
-  LoadResult r = LoadRuleText(R"(rules:
+  LoadResult r = LoadRuleText(R"yaml(rules:
   - name: a
     kind: monotonc
   - name: b
@@ -68,7 +68,7 @@ TEST(LoaderTest, AllErrorsOfAllRulesInOnePass) {
     always: x <
   - kind: sequence
     field: y
-)",
+)yaml",
                               "t.yaml");
   ASSERT_FALSE(r.ok());
   EXPECT_THAT(r.diagnostics,
@@ -86,11 +86,11 @@ TEST(LoaderTest, AllErrorsOfAllRulesInOnePass) {
 }
 
 TEST(LoaderTest, ExpressionErrorPointsInsideTheExpression) {
-  LoadResult r = LoadRuleText(R"(rules:
+  LoadResult r = LoadRuleText(R"yaml(rules:
   - name: a
     kind: always
     always: "x.startswith('a')"
-)",
+)yaml",
                               "t.yaml");
   ASSERT_FALSE(r.ok());
   const Diagnostic& d = r.diagnostics[0];
@@ -102,22 +102,22 @@ TEST(LoaderTest, ExpressionErrorPointsInsideTheExpression) {
 }
 
 TEST(LoaderTest, ExpressionErrorInABlockScalarPointsAtTheRightLine) {
-  LoadResult r = LoadRuleText(R"(rules:
+  LoadResult r = LoadRuleText(R"yaml(rules:
   - name: a
     kind: always
     always: |
       x > 1 &&
       y ! 2
-)",
+)yaml",
                               "t.yaml");
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.diagnostics[0].line, 6) << FormatDiagnostic(r.diagnostics[0]);
 }
 
 TEST(LoaderTest, NonBooleanConditionIsRejected) {
-  LoadResult r = LoadRuleText(R"(rules:
+  LoadResult r = LoadRuleText(R"yaml(rules:
   - {name: a, kind: always, always: "1 + 2"}
-)",
+)yaml",
                               "t.yaml");
   ASSERT_FALSE(r.ok());
   EXPECT_THAT(r.diagnostics[0].message, HasSubstr("not a boolean"));
@@ -131,14 +131,14 @@ TEST(LoaderTest, InvalidYamlIsLocated) {
 }
 
 TEST(LoaderTest, TransitionGraphIsChecked) {
-  LoadResult r = LoadRuleText(R"(rules:
+  LoadResult r = LoadRuleText(R"yaml(rules:
   - name: t
     kind: transition
     field: s
     states: [A, B]
     transitions: {A: [C]}
     terminal: [D]
-)",
+)yaml",
                               "t.yaml");
   ASSERT_FALSE(r.ok());
   EXPECT_THAT(r.diagnostics,
@@ -150,24 +150,24 @@ TEST(LoaderTest, TransitionGraphIsChecked) {
 }
 
 TEST(LoaderTest, LabelsAreValidatedForAlerting) {
-  LoadResult r = LoadRuleText(R"(rules:
+  LoadResult r = LoadRuleText(R"yaml(rules:
   - name: t
     kind: monotonic
     field: x
     labels: {severity: high, "bad-name": x, __meta: y, team: storage}
-)",
+)yaml",
                               "t.yaml");
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.diagnostics.size(), 3u);
 }
 
 TEST(LoaderTest, InputSectionAndEventId) {
-  LoadResult r = LoadRuleText(R"(input:
+  LoadResult r = LoadRuleText(R"yaml(input:
   format: logfmt
   id: request_id
 rules:
   - {name: u, kind: unique, key: [tenant], field: idempotency_key}
-)",
+)yaml",
                               "t.yaml");
   ASSERT_TRUE(r.ok());
   ASSERT_TRUE(r.rules->input().has_value());
@@ -176,11 +176,11 @@ rules:
 }
 
 TEST(LoaderTest, RulesSharingAKeyShareAKeyGroup) {
-  LoadResult r = LoadRuleText(R"(rules:
+  LoadResult r = LoadRuleText(R"yaml(rules:
   - {name: a, kind: monotonic, key: [n], field: x}
   - {name: b, kind: monotonic, key: [n], field: y}
   - {name: c, kind: monotonic, key: [m], field: y}
-)",
+)yaml",
                               "t.yaml");
   ASSERT_TRUE(r.ok());
   const auto& rules = r.rules->rules();
