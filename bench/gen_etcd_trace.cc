@@ -9,7 +9,7 @@
 // term regressions (each caught by exactly one rule) at known lines, which
 // are listed on stderr.
 //
-//   gen_etcd_trace --events 10000000 --clusters 200000 --nodes 5 \
+//   gen_etcd_trace --events 10000000 --clusters 200000 --nodes 5
 //                  [--zipf 0.99] [--faults 10] [--seed 1] > trace.ndjson
 #include <algorithm>
 #include <cmath>
@@ -22,6 +22,7 @@
 
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 
 namespace {
 
@@ -32,6 +33,7 @@ struct Node {
   int64_t applied = 0;
   int role = 0;  // 0 follower, 1 candidate, 2 leader
   int64_t last_emitted_term = 0;
+  int last_role = 0;  // role on the node's last emitted event
 };
 
 struct Cluster {
@@ -86,7 +88,7 @@ int main(int argc, char** argv) {
   std::mt19937_64 rng(seed);
   std::vector<Cluster> cs(clusters);
   for (Cluster& c : cs) c.nodes.resize(static_cast<size_t>(nodes));
-  for (Cluster& c : cs) c.nodes[0].role = 2;
+  for (Cluster& c : cs) c.nodes[0].role = c.nodes[0].last_role = 2;
   std::unique_ptr<Zipf> z;
   if (zipf > 0) z = std::make_unique<Zipf>(clusters, zipf);
   const uint64_t fault_every = faults > 0 ? events / (faults + 1) : 0;
@@ -105,7 +107,7 @@ int main(int argc, char** argv) {
         static_cast<int64_t>(ci) * (int64_t{1} << 32) + n.term + term_delta;
     ts += 0.000017;
     absl::StrAppend(
-        &buf, "{\"level\":\"debug\",\"ts\":", ts,
+        &buf, "{\"level\":\"debug\",\"ts\":", absl::StrFormat("%.6f", ts),
         ",\"caller\":\"rafttest/trace_logger.go:42\",\"msg\":\"trace\","
         "\"tag\":\"trace\",\"event\":{\"name\":\"",
         name, "\",\"nid\":\"c", ci, "-n", ni, "\",\"state\":{\"term\":", term,
@@ -123,7 +125,8 @@ int main(int argc, char** argv) {
     const uint64_t r = rng();
     const int ni = static_cast<int>((r >> 8) % static_cast<uint64_t>(nodes));
     Node& n = c.nodes[static_cast<size_t>(ni)];
-    if ((r & 0xff) == 0 && ni != c.leader && events - line >= 2) {
+    if ((r & 0xff) == 0 && ni != c.leader && n.last_role == 0 &&
+        events - line >= 2) {
       // Election: this follower campaigns (Candidate, next term) and wins.
       c.nodes[static_cast<size_t>(c.leader)].role = 0;
       ++c.term;
@@ -134,6 +137,7 @@ int main(int argc, char** argv) {
       n.role = 2;
       emit(ci, ni, "BecomeLeader", 0);
       n.last_emitted_term = n.term;
+      n.last_role = 2;
       continue;
     }
     const char* name;
@@ -163,6 +167,7 @@ int main(int argc, char** argv) {
     }
     emit(ci, ni, name, delta);
     n.last_emitted_term = n.term;
+    n.last_role = n.role;
   }
   std::fwrite(buf.data(), 1, buf.size(), stdout);
   return 0;

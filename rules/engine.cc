@@ -13,6 +13,8 @@ Engine::Engine(std::shared_ptr<const RuleSet> rules, EngineOptions options)
   key_epoch_.assign(rules_->key_groups(), 0);
   key_hash_.resize(rules_->key_groups());
   key_status_.resize(rules_->key_groups());
+  rule_status_.resize(rules_->rules().size());
+  rule_filtered_.resize(rules_->rules().size());
   ring_.resize(options_.dedupe_window);
 }
 
@@ -39,56 +41,74 @@ bool Engine::SeenRecently(const Hash128& id) {
   return false;
 }
 
+ObserveStatus Engine::Prepare(const Rule& rule, const Event& event,
+                              bool* filtered) {
+  *filtered = false;
+  if (rule.when != nullptr) {
+    const EvalResult w = rule.when->Eval(event);
+    if (w.status == EvalStatus::kMissing) return ObserveStatus::kMissing;
+    if (w.status == EvalStatus::kTypeError || !w.value.is_bool()) {
+      return ObserveStatus::kTypeError;
+    }
+    if (!w.value.bool_value()) {
+      *filtered = true;
+      return ObserveStatus::kOk;
+    }
+  }
+  const int g = rule.key_group;
+  if (key_epoch_[g] != epoch_) {
+    key_epoch_[g] = epoch_;
+    key_status_[g] = ObserveStatus::kOk;
+    hasher_.Clear();
+    for (const KeyField& k : rule.key) {
+      const EvalResult r = k.expr->Eval(event);
+      if (r.status != EvalStatus::kOk || r.value.is_missing()) {
+        key_status_[g] = r.status == EvalStatus::kTypeError
+                             ? ObserveStatus::kTypeError
+                             : ObserveStatus::kMissing;
+        break;
+      }
+      hasher_.Add(r.value);
+    }
+    key_hash_[g] = hasher_.Finish();
+  }
+  return key_status_[g];
+}
+
 bool Engine::Process(const Event& event, std::vector<Violation>* out) {
   ++events_;
   ObserveInput in;
   in.event = &event;
   in.identity = Identity(event);
+  if (options_.dedupe_window != 0) recent_.prefetch(in.identity);
+  ++epoch_;
+  const std::vector<Rule>& rules = rules_->rules();
+  // Pass 1: filters and keys, prefetching every table slot the event needs
+  // so that the cache misses of all rules overlap.
+  for (size_t i = 0; i < rules.size(); ++i) {
+    bool filtered;
+    rule_status_[i] = Prepare(rules[i], event, &filtered);
+    rule_filtered_[i] = filtered;
+    if (rule_status_[i] == ObserveStatus::kOk && !filtered) {
+      states_[i]->Prefetch(key_hash_[rules[i].key_group]);
+    }
+  }
   if (SeenRecently(in.identity)) {
     ++redelivered_;
     return false;
   }
-  ++epoch_;
-  const std::vector<Rule>& rules = rules_->rules();
+  // Pass 2: the state machines, in rule order.
   for (size_t i = 0; i < rules.size(); ++i) {
     const Rule& rule = rules[i];
     RuleCounters& c = counters_[i];
-    if (rule.when != nullptr) {
-      const EvalResult w = rule.when->Eval(event);
-      if (w.status == EvalStatus::kMissing) {
-        ++c.skipped_missing;
-        continue;
-      }
-      if (w.status == EvalStatus::kTypeError || !w.value.is_bool()) {
-        ++c.skipped_type;
-        continue;
-      }
-      if (!w.value.bool_value()) {
-        ++c.filtered;
-        continue;
-      }
+    if (rule_filtered_[i]) {
+      ++c.filtered;
+      continue;
     }
-    const int g = rule.key_group;
-    if (key_epoch_[g] != epoch_) {
-      key_epoch_[g] = epoch_;
-      key_status_[g] = ObserveStatus::kOk;
-      hasher_.Clear();
-      for (const KeyField& k : rule.key) {
-        const EvalResult r = k.expr->Eval(event);
-        if (r.status != EvalStatus::kOk || r.value.is_missing()) {
-          key_status_[g] = r.status == EvalStatus::kTypeError
-                               ? ObserveStatus::kTypeError
-                               : ObserveStatus::kMissing;
-          break;
-        }
-        hasher_.Add(r.value);
-      }
-      key_hash_[g] = hasher_.Finish();
-    }
-    ObserveStatus st = key_status_[g];
+    ObserveStatus st = rule_status_[i];
     std::optional<Finding> finding;
     if (st == ObserveStatus::kOk) {
-      in.key = key_hash_[g];
+      in.key = key_hash_[rule.key_group];
       st = states_[i]->Observe(in, &finding);
     }
     switch (st) {
@@ -111,8 +131,7 @@ bool Engine::Process(const Event& event, std::vector<Violation>* out) {
     }
     if (finding.has_value()) {
       ++c.violations;
-      out->push_back(MakeViolation(rule, event, key_hash_[g],
-                                   std::move(*finding)));
+      out->push_back(MakeViolation(rule, event, in.key, std::move(*finding)));
     }
   }
   return true;

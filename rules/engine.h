@@ -67,6 +67,9 @@ class Engine {
  private:
   Hash128 Identity(const Event& event);
   bool SeenRecently(const Hash128& id);
+  // First pass for one rule: `when` and key. Returns kOk when the rule
+  // applies and its key hash is in key_hash_[rule.key_group].
+  ObserveStatus Prepare(const Rule& rule, const Event& event, bool* filtered);
   Violation MakeViolation(const Rule& rule, const Event& event,
                           const Hash128& key, Finding finding);
 
@@ -78,6 +81,10 @@ class Engine {
   std::vector<uint64_t> key_epoch_;
   std::vector<Hash128> key_hash_;
   std::vector<ObserveStatus> key_status_;
+  // Per-event, per-rule: did `when` pass and the key evaluate (kOk), or
+  // why not. Filled by the first pass, consumed by the second.
+  std::vector<ObserveStatus> rule_status_;
+  std::vector<bool> rule_filtered_;
   uint64_t epoch_ = 0;
   TupleHasher hasher_;
   // Redelivery window: set plus FIFO ring of the same identities.

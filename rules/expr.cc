@@ -104,8 +104,8 @@ size_t EditDistance(std::string_view a, std::string_view b) {
     row[0] = i;
     for (size_t j = 1; j <= b.size(); ++j) {
       const size_t up = row[j];
-      row[j] = std::min({row[j] + 1, row[j - 1] + 1,
-                         diag + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      row[j] = std::min(
+          {row[j] + 1, row[j - 1] + 1, diag + (a[i - 1] == b[j - 1] ? 0 : 1)});
       diag = up;
     }
   }
@@ -114,11 +114,11 @@ size_t EditDistance(std::string_view a, std::string_view b) {
 
 // "; did you mean 'x'?" or a list of the functions.
 std::string SuggestFunction(std::string_view name, bool method) {
-  static constexpr std::pair<std::string_view, std::string_view> kAliases[] =
-      {{"exists", "has"},          {"defined", "has"},
-       {"includes", "contains"},   {"regex", "matches"},
-       {"hasPrefix", "startsWith"}, {"hasSuffix", "endsWith"},
-       {"beginsWith", "startsWith"}};
+  static constexpr std::pair<std::string_view, std::string_view> kAliases[] = {
+      {"exists", "has"},           {"defined", "has"},
+      {"includes", "contains"},    {"regex", "matches"},
+      {"hasPrefix", "startsWith"}, {"hasSuffix", "endsWith"},
+      {"beginsWith", "startsWith"}};
   for (const auto& [alias, fn] : kAliases) {
     if (absl::EqualsIgnoreCase(AV(alias), AV(name))) {
       return absl::StrCat("; did you mean '", AV(fn), "'?");
@@ -186,8 +186,7 @@ class Compiler {
         strings.push_back(std::make_unique<std::string>(a.str));
         return Const(Value::String(*strings.back()));
       case AstKind::kPath:
-        return Built{expr_internal::MakePath(Slot(a.segments)),
-                     ExprType::kAny};
+        return Built{expr_internal::MakePath(Slot(a.segments)), ExprType::kAny};
       case AstKind::kNot:
         return BuildNot(a);
       case AstKind::kNeg:
@@ -278,8 +277,8 @@ class Compiler {
     }
     if (!x.ok()) return Poison(ExprType::kBool);
     const bool c = x.constant() != nullptr;
-    return Finish(a, expr_internal::MakeNot(std::move(x.node)),
-                  ExprType::kBool, c);
+    return Finish(a, expr_internal::MakeNot(std::move(x.node)), ExprType::kBool,
+                  c);
   }
 
   Built BuildNeg(const Ast& a) {
@@ -323,8 +322,10 @@ class Compiler {
     size_t lead = 0;
     while (lead < kids.size() && kids[lead].constant() != nullptr) ++lead;
     if (lead == kids.size()) return Const(*kids[0].constant());
-    if (lead > 1) kids.erase(kids.begin() + 1,
-                           kids.begin() + static_cast<std::ptrdiff_t>(lead));
+    if (lead > 1) {
+      kids.erase(kids.begin() + 1,
+                 kids.begin() + static_cast<std::ptrdiff_t>(lead));
+    }
     ExprType type = kids[0].type;
     for (const Built& k : kids) {
       if (k.type != type) type = ExprType::kAny;
@@ -388,15 +389,16 @@ class Compiler {
         acc = expr_internal::ApplyAdd(acc.value, *kids[i].constant(),
                                       a.minus[i - 1]);
         if (acc.status != EvalStatus::kOk) {
-          Error(a.op_at[i - 1],
-                "integer overflow in this constant expression");
+          Error(a.op_at[i - 1], "integer overflow in this constant expression");
           return Poison(ExprType::kNumber);
         }
       }
       if (i == kids.size()) return Const(acc.value);
       if (i > 1) {
-        kids.erase(kids.begin() + 1, kids.begin() + static_cast<std::ptrdiff_t>(i));
-        minus.erase(minus.begin(), minus.begin() + static_cast<std::ptrdiff_t>(i - 1));
+        kids.erase(kids.begin() + 1,
+                   kids.begin() + static_cast<std::ptrdiff_t>(i));
+        minus.erase(minus.begin(),
+                    minus.begin() + static_cast<std::ptrdiff_t>(i - 1));
         kids[0] = Const(acc.value);
       }
     }
@@ -424,9 +426,9 @@ class Compiler {
     }
     if (fn == nullptr) {
       BuildKids(a);  // for the errors inside
-      Error(a.at, absl::StrCat(a.method ? "unknown method '"
-                                        : "unknown function '",
-                               a.str, "'", SuggestFunction(a.str, a.method)));
+      Error(a.at,
+            absl::StrCat(a.method ? "unknown method '" : "unknown function '",
+                         a.str, "'", SuggestFunction(a.str, a.method)));
       return Poison(ExprType::kAny);
     }
     if (fn->fn == Fn::kHas && a.method) {
@@ -442,9 +444,8 @@ class Compiler {
                                  " argument", fn->arity - 1 == 1 ? "" : "s",
                                  " when called as a method, got ", got - 1));
       } else {
-        Error(a.at, absl::StrCat("'", a.str, "' takes ", fn->arity,
-                                 " argument", fn->arity == 1 ? "" : "s",
-                                 ", got ", got));
+        Error(a.at, absl::StrCat("'", a.str, "' takes ", fn->arity, " argument",
+                                 fn->arity == 1 ? "" : "s", ", got ", got));
       }
       return Poison(ExprType::kBool);
     }
@@ -521,10 +522,9 @@ class Compiler {
     }
     if (!good || !subject.ok()) return Poison(ExprType::kBool);
     const bool c = subject.constant() != nullptr;
-    return Finish(a,
-                  expr_internal::MakeMatches(std::move(subject.node),
-                                             std::move(re)),
-                  ExprType::kBool, c);
+    return Finish(
+        a, expr_internal::MakeMatches(std::move(subject.node), std::move(re)),
+        ExprType::kBool, c);
   }
 
   std::vector<ExprError>* errors_;
@@ -565,8 +565,8 @@ std::unique_ptr<Expr> CompileExpr(std::string_view text, FieldSet* fields,
   if (text.size() > kMaxExprBytes) {
     errors->push_back(ExprError{
         kMaxExprBytes,
-        absl::StrCat("expression is ", text.size(), " bytes long; the limit is ",
-                     kMaxExprBytes, " bytes")});
+        absl::StrCat("expression is ", text.size(),
+                     " bytes long; the limit is ", kMaxExprBytes, " bytes")});
     return nullptr;
   }
   std::vector<ExprError> found;
@@ -596,10 +596,9 @@ std::unique_ptr<Expr> CompileExpr(std::string_view text, FieldSet* fields,
   root.node->RemapSlots(slots);
   std::optional<FieldPath> path;
   if (ast->kind == AstKind::kPath) path = FieldPath(ast->segments);
-  return std::make_unique<CompiledExpr>(std::string(text), root.type,
-                                        std::move(path),
-                                        std::move(compiler.strings),
-                                        std::move(root.node));
+  return std::make_unique<CompiledExpr>(
+      std::string(text), root.type, std::move(path),
+      std::move(compiler.strings), std::move(root.node));
 }
 
 }  // namespace invariantd

@@ -21,7 +21,8 @@
 //   list       = "[" [ expr { "," expr } ] "]" ;
 //   path       = ident { "." ( ident | digits ) | "[" string "]" } ;
 //   literal    = int | float | string | "true" | "false" | "null" ;
-//   string     = '"' chars '"' | "'" chars "'" ;   (* \" \' \\ \n \t \uXXXX *)
+//   string     = '"' chars '"' | "'" chars "'" ;
+//                (* escapes: \" \' \\ \n \t \r \uXXXX *)
 //
 // A path is an event field (FieldPath syntax). `x.startsWith("a")` and
 // `startsWith(x, "a")` are the same; `has(path)` takes a path only.
@@ -42,6 +43,22 @@
 //   - `x in [a, b]` is x == a || x == b without the missing rules for list
 //     elements (list elements are usually literals).
 //   - String functions take strings; other kinds are a type error.
+// Details, where the rules above leave a choice:
+//   - A type error in an operand wins over a missing one (`m < -s` is a
+//     type error when s is a string), except where `&&`, `||`, `??` and
+//     `in` are decided first (by a false, a true, a present value, a match).
+//     A chain `a + b - c` is the left-nested binary operators.
+//   - `null` is a present value: `null ?? 1` is null.
+//   - `in`: a missing x is missing; a missing element never matches; a type
+//     error in an element is the result unless another element matches.
+//   - NaN is unordered: every `< <= > >=` with it is false.
+//   - `matches` searches (RE2::PartialMatch, as in CEL); anchor with ^ and $.
+//   - Numbers are decimal; -9223372036854775808 is written as a negative
+//     literal. Subexpressions without paths are folded at compile time, so
+//     constant integer overflow is a compile error.
+//   - Nesting: each parenthesis, call, list, unary operator and binary
+//     operator adds a level; a chain `a && b && c` is one level.
+//
 // Static checks at compile time: literal operand kinds (e.g. `"a" < 1`,
 // `!3`, `1 + "x"`), function names and arity, `has` argument, `matches`
 // pattern validity, and that a boolean context (`when`, `always`) does not
@@ -111,8 +128,8 @@ class Expr {
 };
 
 // Compiles `text`. Every path it references is added to `fields`. On
-// failure returns nullptr and appends *all* errors found to `errors`
-// (at least one).
+// failure returns nullptr, leaves `fields` unchanged, and appends *all*
+// errors found to `errors` (at least one), ordered by offset.
 std::unique_ptr<Expr> CompileExpr(std::string_view text, FieldSet* fields,
                                   std::vector<ExprError>* errors);
 

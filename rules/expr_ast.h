@@ -15,8 +15,8 @@ namespace invariantd::expr_internal {
 enum class CmpOp : uint8_t { kEq, kNe, kLt, kLe, kGt, kGe };
 
 enum class AstKind : uint8_t {
-  kError,   // a syntax error, already reported
-  kNull,    // literals ...
+  kError,  // a syntax error, already reported
+  kNull,   // literals ...
   kBool,
   kInt,
   kBigInt,  // 9223372036854775808 not preceded by '-': out of range
@@ -25,13 +25,13 @@ enum class AstKind : uint8_t {
   kPath,
   kNot,
   kNeg,
-  kAnd,        // n-ary: kids[0] && kids[1] && ...
-  kOr,         // n-ary
-  kCoalesce,   // n-ary
-  kCompare,    // kids[0] cmp kids[1]
-  kAdditive,   // n-ary: kids[0] (+|-) kids[1] (+|-) ...; see `minus`
-  kIn,         // kids[0] in [kids[1], ...]
-  kCall,       // name(kids...) or kids[0].name(kids[1...]) when `method`
+  kAnd,       // n-ary: kids[0] && kids[1] && ...
+  kOr,        // n-ary
+  kCoalesce,  // n-ary
+  kCompare,   // kids[0] cmp kids[1]
+  kAdditive,  // n-ary: kids[0] (+|-) kids[1] (+|-) ...; see `minus`
+  kIn,        // kids[0] in [kids[1], ...]
+  kCall,      // name(kids...) or kids[0].name(kids[1...]) when `method`
 };
 
 struct Ast {

@@ -245,7 +245,8 @@ class Lexer {
         } else {
           Error(start,
                 "unexpected '?'; there is no conditional operator (did you "
-                "mean '?" "?'?)");
+                "mean '?"
+                "?'?)");
           Emit(Tok::kError, start, start + 1);
         }
         return;
@@ -423,21 +424,23 @@ class Lexer {
     }
     if (hi >= 0xDC00 && hi <= 0xDFFF) {
       local->push_back(ExprError{
-          j, "lone low surrogate in \\u escape; a low surrogate must follow "
-             "a high surrogate (\\uD800-\\uDBFF)"});
+          j,
+          "lone low surrogate in \\u escape; a low surrogate must follow "
+          "a high surrogate (\\uD800-\\uDBFF)"});
       return j + 6;
     }
     if (hi >= 0xD800 && hi <= 0xDBFF) {
-      const int lo = (At(j + 6, '\\') && At(j + 7, 'u')) ? Hex4(text_, j + 8)
-                                                         : -1;
+      const int lo =
+          (At(j + 6, '\\') && At(j + 7, 'u')) ? Hex4(text_, j + 8) : -1;
       if (lo < 0xDC00 || lo > 0xDFFF) {
-        local->push_back(ExprError{
-            j, "high surrogate in \\u escape must be followed by a low "
-               "surrogate \\uDC00-\\uDFFF"});
+        local->push_back(
+            ExprError{j,
+                      "high surrogate in \\u escape must be followed by a low "
+                      "surrogate \\uDC00-\\uDFFF"});
         return j + 6;
       }
-      const uint32_t cp = 0x10000 + ((static_cast<uint32_t>(hi) - 0xD800)
-                                     << 10) +
+      const uint32_t cp = 0x10000 +
+                          ((static_cast<uint32_t>(hi) - 0xD800) << 10) +
                           (static_cast<uint32_t>(lo) - 0xDC00);
       AppendUtf8(cp, out);
       return j + 12;

@@ -192,7 +192,8 @@ class AdditiveNode final : public Node {
       if (r.status == EvalStatus::kTypeError) return r;
       if (acc.status == EvalStatus::kMissing ||
           r.status == EvalStatus::kMissing) {
-        return Missing();
+        acc = Missing();
+        continue;
       }
       acc = ApplyAdd(acc.value, r.value, minus_[i - 1]);
       if (acc.status == EvalStatus::kTypeError) return acc;
@@ -283,8 +284,8 @@ class InNode final : public Node {
       const EvalResult r = k->Eval(event);
       if (r.status == EvalStatus::kTypeError) {
         error = true;
-      } else if (r.status == EvalStatus::kOk &&
-                 x.status == EvalStatus::kOk && r.value == x.value) {
+      } else if (r.status == EvalStatus::kOk && x.status == EvalStatus::kOk &&
+                 r.value == x.value) {
         return Bool(true);
       }
     }

@@ -59,10 +59,6 @@ class Parser {
                                      " after the end of the expression");
       if (std::string hint = WordHint(t); !hint.empty()) {
         absl::StrAppend(&msg, hint);
-      } else if (IsRelOp(t.kind) || t.kind == Tok::kIn) {
-        absl::StrAppend(&msg,
-                        "; comparisons do not chain, combine them with '&&' "
-                        "(a < b && b < c)");
       } else if (t.kind != Tok::kRParen && t.kind != Tok::kRBracket) {
         absl::StrAppend(&msg, "; is an operator missing?");
       }
@@ -175,8 +171,7 @@ class Parser {
 
   // expr { sep expr } close; the opening token is consumed already.
   void ParseSeq(Tok close, std::vector<AstPtr>* out) {
-    const char* expected =
-        close == Tok::kRParen ? "',' or ')'" : "',' or ']'";
+    const char* expected = close == Tok::kRParen ? "',' or ')'" : "',' or ']'";
     if (Peek().kind == close) {
       Next();
       return;
@@ -408,8 +403,8 @@ class Parser {
           Next();
           return MakeError(t.offset);
         }
-        if (t.text == "not" && (Peek(1).kind == Tok::kIdent ||
-                                Peek(1).kind == Tok::kLParen)) {
+        if (t.text == "not" &&
+            (Peek(1).kind == Tok::kIdent || Peek(1).kind == Tok::kLParen)) {
           Syntax(t.offset, "unexpected 'not'; use '!' for negation");
           Next();
           return MakeError(t.offset);
@@ -425,7 +420,8 @@ class Parser {
                "negation in parentheses: (!x)");
         return MakeError(t.offset);
       case Tok::kLBracket:
-        Syntax(t.offset, "a list is only allowed after 'in': x in [\"a\", \"b\"]");
+        Syntax(t.offset,
+               "a list is only allowed after 'in': x in [\"a\", \"b\"]");
         return MakeError(t.offset);
       default: {
         std::string what = "an operand";
@@ -510,8 +506,8 @@ class Parser {
           Syntax(Peek().offset,
                  absl::StrCat("array elements are read as a path segment: "
                               "write .",
-                              AV(Peek().text), " instead of [",
-                              AV(Peek().text), "]"));
+                              AV(Peek().text), " instead of [", AV(Peek().text),
+                              "]"));
         } else {
           Expected("a quoted field name after '[', e.g. labels[\"app\"]");
         }

@@ -84,6 +84,13 @@ class KeyTable {
     return Ref{&slots_[i].state, true};
   }
 
+  // Hints the CPU to load the slot where `key` lives: the engine issues this
+  // for every rule of an event before observing any, so the cache misses of
+  // several tables overlap instead of adding up.
+  void Prefetch(Hash128 key) const {
+    if (capacity() != 0) __builtin_prefetch(&slots_[Home(Normalize(key))]);
+  }
+
   // Pointer to the state of `key`, or null. Does not count as a touch.
   State* Find(Hash128 key) {
     key = Normalize(key);

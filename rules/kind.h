@@ -67,6 +67,9 @@ class RuleState {
   virtual ~RuleState() = default;
   virtual ObserveStatus Observe(const ObserveInput& in,
                                 std::optional<Finding>* finding) = 0;
+  // Optional: start loading the state `in.key` will need (see
+  // KeyTable::Prefetch). Must not change any state.
+  virtual void Prefetch(const Hash128& key) const {}
   virtual TableStats Stats() const = 0;
 };
 
@@ -131,6 +134,7 @@ inline ObserveStatus EvalValue(const Expr& expr, const Event& event,
 //                                  Value* v);
 //     static Hash128 TableKey(const Config&, const ObserveInput&,
 //                             const Value& v);
+//     static constexpr bool kTableKeyIsRuleKey;  // TableKey == in.key
 //     static ObserveStatus Step(const Config&, State&, bool is_new,
 //                               const Value& v, const ObserveInput&,
 //                               std::optional<Finding>*);
@@ -151,6 +155,10 @@ class KeyedRuleState final : public RuleState {
     auto ref = table_.FindOrInsert(K::TableKey(*config_, in, v));
     if (ref.state == nullptr) return ObserveStatus::kRejected;
     return K::Step(*config_, *ref.state, ref.inserted, v, in, finding);
+  }
+
+  void Prefetch(const Hash128& key) const override {
+    if constexpr (K::kTableKeyIsRuleKey) table_.Prefetch(key);
   }
 
   // O(keys) when states own heap memory; called for summaries and scrapes.

@@ -59,6 +59,7 @@ struct Monotonic {
     }
     return st;
   }
+  static constexpr bool kTableKeyIsRuleKey = true;
   static Hash128 TableKey(const Config&, const ObserveInput& in,
                           const Value&) {
     return in.key;

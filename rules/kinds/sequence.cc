@@ -36,6 +36,7 @@ struct Sequence {
     }
     return st;
   }
+  static constexpr bool kTableKeyIsRuleKey = true;
   static Hash128 TableKey(const Config&, const ObserveInput& in,
                           const Value&) {
     return in.key;

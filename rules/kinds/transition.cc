@@ -44,6 +44,7 @@ struct Transition {
                                Value* v) {
     return ExtractField(*c.field, in, v);
   }
+  static constexpr bool kTableKeyIsRuleKey = true;
   static Hash128 TableKey(const Config&, const ObserveInput& in,
                           const Value&) {
     return in.key;

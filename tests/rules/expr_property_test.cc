@@ -117,24 +117,25 @@ Value DrawValue(bool in_event) {
     case 1:
       return Value::Bool(Pick(rc::gen::arbitrary<bool>()));
     case 2:
-      return Value::Int(Pick(rc::gen::element(
-          kMax, kMin, kMax - 1, kMin + 1, int64_t{1000000007})));
+      return Value::Int(Pick(rc::gen::element(kMax, kMin, kMax - 1, kMin + 1,
+                                              int64_t{1000000007})));
     case 3:
       return Value::Int(Pick(rc::gen::inRange<int64_t>(-3, 4)));
     case 4:
-      return Value::Double(Pick(rc::gen::element<double>(
-          0.5, -0.0, 0.0, 1.0, 2.0, -1.5, 1e308, -1e308,
-          9223372036854775808.0)));
+      return Value::Double(
+          Pick(rc::gen::element<double>(0.5, -0.0, 0.0, 1.0, 2.0, -1.5, 1e308,
+                                        -1e308, 9223372036854775808.0)));
     case 5:
     case 6: {
       const auto& pool = StringPool();
-      return Value::String(pool[Pick(rc::gen::inRange<size_t>(0, pool.size()))]);
+      return Value::String(
+          pool[Pick(rc::gen::inRange<size_t>(0, pool.size()))]);
     }
     case 7:
       return Value::Missing();
     default:
-      return Value::Json(Pick(rc::gen::element<std::string_view>("{\"k\":1}",
-                                                             "[1]")));
+      return Value::Json(
+          Pick(rc::gen::element<std::string_view>("{\"k\":1}", "[1]")));
   }
 }
 
@@ -142,8 +143,8 @@ Value DrawValue(bool in_event) {
 // that each case combines a few operators densely ("swarm testing").
 std::vector<K> DrawOperatorSet() {
   static constexpr std::array<K, 12> kInterior = {
-      K::kNot, K::kNeg, K::kAnd,  K::kOr,  K::kCoalesce, K::kCmp,
-      K::kAdd, K::kSub, K::kIn, K::kStr, K::kMatches,  K::kCmp};
+      K::kNot, K::kNeg, K::kAnd, K::kOr,  K::kCoalesce, K::kCmp,
+      K::kAdd, K::kSub, K::kIn,  K::kStr, K::kMatches,  K::kCmp};
   std::vector<K> ops;
   for (K k : kInterior) {
     if (Pick(rc::gen::arbitrary<bool>())) ops.push_back(k);
@@ -177,7 +178,8 @@ Value DrawLiteral(ExprType want) {
       }
     case ExprType::kString: {
       const auto& pool = StringPool();
-      return Value::String(pool[Pick(rc::gen::inRange<size_t>(0, pool.size()))]);
+      return Value::String(
+          pool[Pick(rc::gen::inRange<size_t>(0, pool.size()))]);
     }
     default:
       return DrawValue(false);
@@ -192,8 +194,7 @@ TP Draw(int depth, const std::vector<K>& ops, ExprType want) {
   if (Pick(rc::gen::inRange(0, 12)) == 0) want = ExprType::kAny;
   std::vector<K> fitting;
   for (K k : ops) {
-    if (want == ExprType::kAny || Produces(k) == want ||
-        k == K::kCoalesce) {
+    if (want == ExprType::kAny || Produces(k) == want || k == K::kCoalesce) {
       fitting.push_back(k);
     }
   }
@@ -282,7 +283,8 @@ TP DrawTree() {
                                     ExprType::kNumber)));
 }
 
-// --- rendering -------------------------------------------------------------------
+// --- rendering
+// -------------------------------------------------------------------
 
 std::string StringLiteral(std::string_view s) {
   std::string out = "\"";
@@ -395,8 +397,7 @@ std::string Full(const T& t) {
       return absl::StrCat("(", Call(t, Full(*t.kids[0]), Full(*t.kids[1])),
                           ")");
     case K::kMatches:
-      return absl::StrCat("(", Call(t, Full(*t.kids[0]), PatternText(t)),
-                          ")");
+      return absl::StrCat("(", Call(t, Full(*t.kids[0]), PatternText(t)), ")");
   }
   return "?";
 }
@@ -465,9 +466,8 @@ Rendered Min(const T& t) {
     }
     case K::kStr:
     case K::kMatches: {
-      const std::string b = t.k == K::kMatches
-                                ? PatternText(t)
-                                : Operand(*t.kids[1], kPCoalesce);
+      const std::string b =
+          t.k == K::kMatches ? PatternText(t) : Operand(*t.kids[1], kPCoalesce);
       if (t.method) {
         return {Call(t, Operand(*t.kids[0], kPPostfix), b), kPPostfix};
       }
@@ -477,7 +477,8 @@ Rendered Min(const T& t) {
   return {"?", kPPrimary};
 }
 
-// --- the reference -----------------------------------------------------------------
+// --- the reference
+// -----------------------------------------------------------------
 
 struct R {
   EvalStatus s = EvalStatus::kOk;
@@ -523,7 +524,8 @@ R RefEval(const T& t, const Env& env) {
       const R x = RefEval(*t.kids[0], env);
       if (x.s != EvalStatus::kOk) return x;
       if (x.v.is_int()) {
-        return x.v.int_value() == kMin ? Err() : Ok(Value::Int(-x.v.int_value()));
+        return x.v.int_value() == kMin ? Err()
+                                       : Ok(Value::Int(-x.v.int_value()));
       }
       if (x.v.is_double()) return Ok(Value::Double(-x.v.double_value()));
       return Err();
@@ -621,7 +623,8 @@ R RefEval(const T& t, const Env& env) {
           case Str::kStartsWith:
             return B(s.substr(0, p.size()) == p);
           case Str::kEndsWith:
-            return B(s.size() >= p.size() && s.substr(s.size() - p.size()) == p);
+            return B(s.size() >= p.size() &&
+                     s.substr(s.size() - p.size()) == p);
           default:
             return B(s.find(p) != std::string_view::npos);
         }
@@ -678,9 +681,8 @@ RefStatic RefCheck(const T& t) {
     ok = ok && kids.back().ok;
   }
   auto all_take = [&](ExprType want) {
-    return std::all_of(kids.begin(), kids.end(), [&](const RefStatic& k) {
-      return Takes(k.type, want);
-    });
+    return std::all_of(kids.begin(), kids.end(),
+                       [&](const RefStatic& k) { return Takes(k.type, want); });
   };
   ExprType type = ExprType::kBool;
   switch (t.k) {
@@ -736,7 +738,8 @@ RefStatic RefCheck(const T& t) {
   return RefStatic{ok, type};
 }
 
-// --- comparing --------------------------------------------------------------------
+// --- comparing
+// --------------------------------------------------------------------
 
 std::string Show(EvalStatus s, const Value& v) {
   switch (s) {
@@ -776,7 +779,6 @@ Event MakeEvent(const FieldSet& fields, const Env& env) {
 }
 
 void CheckAgainstReference(const T& t, const std::string& text) {
-  if (getenv("SHOWEXPR")) fprintf(stderr, "%s\n", text.c_str());
   RC_LOG() << "expression: " << text << "\n";
   const RefStatic want = RefCheck(t);
   FieldSet fields;
@@ -813,20 +815,21 @@ void CheckAgainstReference(const T& t, const std::string& text) {
 }
 
 RC_GTEST_PROP(ExprPropertyTest, FullyParenthesizedMatchesReference, ()) {
-  for (int i = 0; i < 4; ++i) {
+  for (int i = 0; i < 10; ++i) {
     const TP t = DrawTree();
     CheckAgainstReference(*t, Full(*t));
   }
 }
 
 RC_GTEST_PROP(ExprPropertyTest, MinimallyParenthesizedMatchesReference, ()) {
-  for (int i = 0; i < 4; ++i) {
+  for (int i = 0; i < 10; ++i) {
     const TP t = DrawTree();
     CheckAgainstReference(*t, Min(*t).text);
   }
 }
 
-// --- robustness ----------------------------------------------------------------------
+// --- robustness
+// ----------------------------------------------------------------------
 
 void CheckCompilesOrFailsCleanly(std::string_view text) {
   FieldSet fields;
@@ -859,15 +862,17 @@ RC_GTEST_PROP(ExprPropertyTest, ArbitraryBytesNeverCrash,
 
 RC_GTEST_PROP(ExprPropertyTest, TokenSoupNeverCrashes, ()) {
   static const std::vector<std::string> kVocabulary = {
-      "a",       "b.c",       "x[\"k\"]", "(",         ")",      "[",
-      "]",       ",",         ".",        "!",         "-",      "+",
-      "&&",      "||",        "??",       "==",        "!=",     "<",
-      ">=",      "in",        "has",      "has(",      "true",   "null",
-      "1",       "2.5",       "1e3",      "\"s\"",     "'t'",    "\"(\"",
-      "\"\\q\"", "\"",        "\\",       "#",         "=",      "&",
-      "foo(",    "matches(",  ".contains(", "startsWith", "(((((", ")))))",
-      "!!!!!",   "---",       "9223372036854775808",   "\xc3\xa9", " ",
-      "\n",      "\x01",      "a.0",      "]]]",       "[[[",    "?"};
+      "a",        "b.c",   "x[\"k\"]", "(",          ")",
+      "[",        "]",     ",",        ".",          "!",
+      "-",        "+",     "&&",       "||",         "??",
+      "==",       "!=",    "<",        ">=",         "in",
+      "has",      "has(",  "true",     "null",       "1",
+      "2.5",      "1e3",   "\"s\"",    "'t'",        "\"(\"",
+      "\"\\q\"",  "\"",    "\\",       "#",          "=",
+      "&",        "foo(",  "matches(", ".contains(", "startsWith",
+      "(((((",    ")))))", "!!!!!",    "---",        "9223372036854775808",
+      "\xc3\xa9", " ",     "\n",       "\x01",       "a.0",
+      "]]]",      "[[[",   "?"};
   const std::vector<std::string> tokens =
       *rc::gen::container<std::vector<std::string>>(
           rc::gen::elementOf(kVocabulary));
@@ -912,10 +917,9 @@ TEST(ExprPropertyTest, RendererSanity) {
     return t;
   };
   const TP t = node(
-      K::kOr,
-      {node(K::kAnd, {path(0), node(K::kNot, {path(1)})}),
-       node(K::kSub, {lit(Value::Int(1)), node(K::kSub, {path(3),
-                                                          lit(Value::Int(-2))})})});
+      K::kOr, {node(K::kAnd, {path(0), node(K::kNot, {path(1)})}),
+               node(K::kSub, {lit(Value::Int(1)),
+                              node(K::kSub, {path(3), lit(Value::Int(-2))})})});
   EXPECT_EQ(Full(*t), "((a && (!b)) || (1 - (o.x - (-2))))");
   EXPECT_EQ(Min(*t).text, "a && !b || 1 - (o.x - -2)");
 }

@@ -19,8 +19,8 @@ namespace invariantd {
 void PrintTo(const EvalResult& r, std::ostream* os) {
   switch (r.status) {
     case EvalStatus::kOk:
-      *os << "ok(" << ValueKindName(r.value.kind()) << " "
-          << r.value.ToJson() << ")";
+      *os << "ok(" << ValueKindName(r.value.kind()) << " " << r.value.ToJson()
+          << ")";
       return;
     case EvalStatus::kMissing:
       *os << "missing";
@@ -62,8 +62,9 @@ MATCHER(IsFalse, "is false") {
 }
 
 auto Err(size_t offset, std::string_view message_part) {
-  return AllOf(Field(&ExprError::offset, offset),
-               Field(&ExprError::message, HasSubstr(std::string(message_part))));
+  return AllOf(
+      Field(&ExprError::offset, offset),
+      Field(&ExprError::message, HasSubstr(std::string(message_part))));
 }
 
 // Compiles expressions against one FieldSet and evaluates them on an event
@@ -165,9 +166,9 @@ TEST_F(ExprTest, StringLiteralsAndEscapes) {
   EXPECT_THAT(Eval(R"("\n\t\r")"), Is(Value::String("\n\t\r")));
   EXPECT_THAT(Eval(R"("\u00e9")"), Is(Value::String("\xc3\xa9")));
   EXPECT_THAT(Eval(R"("\u20AC")"), Is(Value::String("\xe2\x82\xac")));
-  EXPECT_THAT(Eval(R"("\ud83d\ude00")"),
-              Is(Value::String("\xf0\x9f\x98\x80")));
-  EXPECT_THAT(Eval(R"("\u0000")"), Is(Value::String(std::string_view("\0", 1))));
+  EXPECT_THAT(Eval(R"("\ud83d\ude00")"), Is(Value::String("\xf0\x9f\x98\x80")));
+  EXPECT_THAT(Eval(R"("\u0000")"),
+              Is(Value::String(std::string_view("\0", 1))));
   EXPECT_THAT(Eval("\"h\xc3\xa9\""), Is(Value::String("h\xc3\xa9")));
 }
 
@@ -252,6 +253,10 @@ TEST_F(ExprTest, EventWithFewerFieldsReadsMissing) {
 TEST_F(ExprTest, StaticTypes) {
   EXPECT_EQ(TypeOf("a"), ExprType::kAny);
   EXPECT_EQ(TypeOf("a.b ?? 1"), ExprType::kAny);
+  EXPECT_EQ(TypeOf("(a + 1) ?? b"), ExprType::kAny);
+  EXPECT_EQ(TypeOf("b ?? (a + 1)"), ExprType::kAny);
+  EXPECT_EQ(TypeOf("(a + 1) ?? \"x\""), ExprType::kAny);
+  EXPECT_EQ(TypeOf("has(a) ?? (b == 1)"), ExprType::kBool);
   EXPECT_EQ(TypeOf("(a + 1) ?? (b - 2)"), ExprType::kNumber);
   EXPECT_EQ(TypeOf("1 ?? \"x\""), ExprType::kNumber);  // constant: 1
   EXPECT_EQ(TypeOf("a == 1"), ExprType::kBool);
@@ -351,6 +356,10 @@ TEST_F(ExprTest, EqualityIsCanonicalAndNeverATypeError) {
   EXPECT_THAT(Eval("s == \"1\""), IsTrue());
   EXPECT_THAT(Eval("\"1\" == s"), IsTrue());
   EXPECT_THAT(Eval("s != \"1\""), IsFalse());
+  EXPECT_THAT(Eval("i != \"1\""), IsTrue());  // a number is not a string
+  EXPECT_THAT(Eval("\"1\" != i"), IsTrue());
+  EXPECT_THAT(Eval("i == \"1\""), IsFalse());
+  EXPECT_THAT(Eval("j != \"x\""), IsTrue());
   EXPECT_THAT(Eval("b == true"), IsTrue());
   EXPECT_THAT(Eval("b == 1"), IsFalse());
   EXPECT_THAT(Eval("z == null"), IsTrue());
@@ -380,10 +389,19 @@ TEST_F(ExprTest, OrderingComparesNumbersOrStrings) {
   EXPECT_THAT(Eval("d > i"), IsTrue());
   EXPECT_THAT(Eval("3 > i"), IsTrue());
   EXPECT_THAT(Eval("3 < i"), IsFalse());
+  // A constant on the left: the operator is mirrored, equality included.
+  EXPECT_THAT(Eval("2 <= i"), IsTrue());
+  EXPECT_THAT(Eval("2 >= i"), IsTrue());
+  EXPECT_THAT(Eval("2 < i"), IsFalse());
+  EXPECT_THAT(Eval("2 > i"), IsFalse());
+  EXPECT_THAT(Eval("3 <= i"), IsFalse());
+  EXPECT_THAT(Eval("1 >= i"), IsFalse());
+  EXPECT_THAT(Eval("\"b\" <= s"), IsTrue());
+  EXPECT_THAT(Eval("\"c\" <= s"), IsFalse());
   EXPECT_THAT(Eval("big > 9007199254740992.0"), IsTrue());  // exact
   EXPECT_THAT(Eval("s > \"a\""), IsTrue());
   EXPECT_THAT(Eval("s < \"ba\""), IsTrue());
-  EXPECT_THAT(Eval("\"B\" < \"a\""), IsTrue());  // bytewise
+  EXPECT_THAT(Eval("\"B\" < \"a\""), IsTrue());        // bytewise
   EXPECT_THAT(Eval("\"\\u00e9\" > \"z\""), IsTrue());  // bytes, unsigned
   EXPECT_THAT(Eval("s >= \"b\""), IsTrue());
   EXPECT_THAT(Eval("s <= \"b\""), IsTrue());
@@ -395,6 +413,11 @@ TEST_F(ExprTest, OrderingComparesNumbersOrStrings) {
   EXPECT_THAT(Eval("m < 1"), IsMissing());
   EXPECT_THAT(Eval("m < s"), IsMissing());
   EXPECT_THAT(Eval("b < m"), IsMissing());  // missing before kinds
+  // A type error in either operand wins over a missing one.
+  EXPECT_THAT(Eval("m < -s"), IsTypeError());
+  EXPECT_THAT(Eval("-s < m"), IsTypeError());
+  EXPECT_THAT(Eval("m == -s"), IsTypeError());
+  EXPECT_THAT(Eval("m.startsWith(-s ?? s)"), IsTypeError());
 }
 
 TEST_F(ExprTest, NanIsUnordered) {
@@ -458,7 +481,8 @@ TEST_F(ExprTest, UnaryMinus) {
   EXPECT_THAT(Eval("1 - -1"), Is(Value::Int(2)));
 }
 
-// --- in, ??, has --------------------------------------------------------------
+// --- in, ??, has
+// --------------------------------------------------------------
 
 TEST_F(ExprTest, InList) {
   Set("r", Value::String("leader"));
@@ -511,7 +535,8 @@ TEST_F(ExprTest, Has) {
   EXPECT_THAT(Eval(R"(has(x["y z"]))"), IsFalse());
 }
 
-// --- string functions ---------------------------------------------------------
+// --- string functions
+// ---------------------------------------------------------
 
 TEST_F(ExprTest, StringFunctionsBothForms) {
   Set("s", Value::String("StateLeader"));
@@ -522,6 +547,11 @@ TEST_F(ExprTest, StringFunctionsBothForms) {
   EXPECT_THAT(Eval(R"(s.startsWith("Leader"))"), IsFalse());
   EXPECT_THAT(Eval(R"(s.endsWith("Leader"))"), IsTrue());
   EXPECT_THAT(Eval(R"(endsWith(s, "State"))"), IsFalse());
+  EXPECT_THAT(Eval(R"(s.endsWith("r"))"), IsTrue());
+  EXPECT_THAT(Eval(R"(s.endsWith("S"))"), IsFalse());
+  EXPECT_THAT(Eval(R"(s.startsWith("t"))"), IsFalse());
+  EXPECT_THAT(Eval(R"(s.endsWith("xStateLeader"))"), IsFalse());
+  EXPECT_THAT(Eval(R"(s.startsWith("StateLeaderx"))"), IsFalse());
   EXPECT_THAT(Eval(R"(s.contains("teLe"))"), IsTrue());
   EXPECT_THAT(Eval(R"(contains(s, "x"))"), IsFalse());
   EXPECT_THAT(Eval(R"(s.contains(""))"), IsTrue());
@@ -558,7 +588,8 @@ TEST_F(ExprTest, MatchesIsUnanchoredRe2) {
   EXPECT_THAT(Eval(R"("x".matches("^x$"))"), IsTrue());
 }
 
-// --- precedence and associativity ----------------------------------------------
+// --- precedence and associativity
+// ----------------------------------------------
 
 TEST_F(ExprTest, AndBindsTighterThanOr) {
   Set("t", Value::Bool(true));
@@ -618,15 +649,18 @@ TEST_F(ExprTest, MethodBindsTighterThanUnary) {
               Err(0, "'contains' takes strings, got a boolean"));
 }
 
-// --- compile errors: offsets and messages -----------------------------------------
+// --- compile errors: offsets and messages
+// -----------------------------------------
 
 TEST_F(ExprTest, UnknownFunctionsSuggestTheRightOne) {
   EXPECT_THAT(Error("a.foo(1)"), Err(2, "unknown method 'foo'"));
-  EXPECT_THAT(Error(R"(a.startswith("x"))"),
-              Err(2, "unknown method 'startswith'; did you mean 'startsWith'?"));
+  EXPECT_THAT(
+      Error(R"(a.startswith("x"))"),
+      Err(2, "unknown method 'startswith'; did you mean 'startsWith'?"));
   EXPECT_THAT(Error(R"(startswith(a, "x"))"),
-              Err(0, "unknown function 'startswith'; did you mean "
-                     "'startsWith'?"));
+              Err(0,
+                  "unknown function 'startswith'; did you mean "
+                  "'startsWith'?"));
   EXPECT_THAT(Error(R"(x && a.startWith("x"))"),
               Err(7, "did you mean 'startsWith'?"));
   EXPECT_THAT(Error(R"(a.endswith("x"))"), Err(2, "did you mean 'endsWith'?"));
@@ -634,11 +668,13 @@ TEST_F(ExprTest, UnknownFunctionsSuggestTheRightOne) {
   EXPECT_THAT(Error("exists(a)"), Err(0, "did you mean 'has'?"));
   EXPECT_THAT(Error(R"(a.match("x"))"), Err(2, "did you mean 'matches'?"));
   EXPECT_THAT(Error("size(a)"),
-              Err(0, "unknown function 'size'; the functions are has, "
-                     "startsWith, endsWith, contains and matches"));
+              Err(0,
+                  "unknown function 'size'; the functions are has, "
+                  "startsWith, endsWith, contains and matches"));
   EXPECT_THAT(Error("a.size()"),
-              Err(2, "unknown method 'size'; the methods are startsWith, "
-                     "endsWith, contains and matches"));
+              Err(2,
+                  "unknown method 'size'; the methods are startsWith, "
+                  "endsWith, contains and matches"));
 }
 
 TEST_F(ExprTest, ArityErrorsPointAtTheName) {
@@ -647,11 +683,13 @@ TEST_F(ExprTest, ArityErrorsPointAtTheName) {
   EXPECT_THAT(Error(R"(x || contains(a, "b", "c"))"),
               Err(5, "'contains' takes 2 arguments, got 3"));
   EXPECT_THAT(Error("a.endsWith()"),
-              Err(2, "'endsWith' takes 1 argument when called as a method, "
-                     "got 0"));
+              Err(2,
+                  "'endsWith' takes 1 argument when called as a method, "
+                  "got 0"));
   EXPECT_THAT(Error(R"(a.matches("x", "y"))"),
-              Err(2, "'matches' takes 1 argument when called as a method, "
-                     "got 2"));
+              Err(2,
+                  "'matches' takes 1 argument when called as a method, "
+                  "got 2"));
   EXPECT_THAT(Error("has()"), Err(0, "'has' takes 1 argument, got 0"));
   EXPECT_THAT(Error("has(a, b)"), Err(0, "'has' takes 1 argument, got 2"));
 }
@@ -680,8 +718,10 @@ TEST_F(ExprTest, OperandTypeErrors) {
   EXPECT_THAT(Error(R"(1 + "x")"), Err(4, "'+' takes numbers, got a string"));
   EXPECT_THAT(Error(R"(a - 1 - "x")"), Err(8, "'-' takes numbers, got"));
   EXPECT_THAT(Error(R"(true + a)"), Err(0, "'+' takes numbers, got a boolean"));
-  EXPECT_THAT(Error(R"(-"x")"), Err(1, "unary '-' takes a number, got a string"));
-  EXPECT_THAT(Error(R"(a && "x")"), Err(5, "'&&' takes booleans, got a string"));
+  EXPECT_THAT(Error(R"(-"x")"),
+              Err(1, "unary '-' takes a number, got a string"));
+  EXPECT_THAT(Error(R"(a && "x")"),
+              Err(5, "'&&' takes booleans, got a string"));
   EXPECT_THAT(Error(R"(1 || a)"), Err(0, "'||' takes booleans, got a number"));
   EXPECT_THAT(Error("a && (b + 1)"), Err(5, "'&&' takes booleans"));
   EXPECT_THAT(Error(R"(a.startsWith(1))"),
@@ -746,8 +786,9 @@ TEST_F(ExprTest, StringLiteralErrors) {
   EXPECT_THAT(Error(R"("a\qb")"), Err(2, "invalid escape '\\q' in string"));
   EXPECT_THAT(Error(R"("a\/")"), Err(2, "invalid escape '\\/'"));
   EXPECT_THAT(Error("\"a\tb\""),
-              Err(2, "control character 0x09 in string; write it as an "
-                     "escape"));
+              Err(2,
+                  "control character 0x09 in string; write it as an "
+                  "escape"));
   EXPECT_THAT(Error("\"a\nb\""), Err(2, "control character 0x0a"));
   EXPECT_THAT(Error(R"("\u12")"), Err(1, "'\\u' must be followed by"));
   EXPECT_THAT(Error(R"("\uXYZW")"), Err(1, "'\\u' must be followed by"));
@@ -763,15 +804,16 @@ TEST_F(ExprTest, BadCharactersSuggestOperators) {
   EXPECT_THAT(Error("a = 1"), Err(2, "unexpected '='; use '==' to compare"));
   EXPECT_THAT(Error("a & b"), Err(2, "did you mean '&&'?"));
   EXPECT_THAT(Error("a | b"), Err(2, "did you mean '||'?"));
-  EXPECT_THAT(Errors("a ? b : c"),
-              ElementsAre(Err(2, "no conditional operator"),
-                          Err(6, "unexpected ':'")));
+  EXPECT_THAT(
+      Errors("a ? b : c"),
+      ElementsAre(Err(2, "no conditional operator"), Err(6, "unexpected ':'")));
   EXPECT_THAT(Error("a # b"), Err(2, "unexpected '#'"));
   EXPECT_THAT(Error("a * 2"), Err(2, "unexpected '*'"));
   EXPECT_THAT(Error("a ### b"), Err(2, "unexpected '#'"));  // one error
   EXPECT_THAT(Error("\xc3\xa9t\xc3\xa9 == 1"),
-              Err(0, "non-ASCII byte 0xc3; a field name with such characters "
-                     "must be quoted"));
+              Err(0,
+                  "non-ASCII byte 0xc3; a field name with such characters "
+                  "must be quoted"));
   EXPECT_THAT(Error(std::string_view("a == \x01", 6)),
               Err(5, "control character 0x01"));
 }
@@ -781,13 +823,16 @@ TEST_F(ExprTest, SyntaxErrors) {
   EXPECT_THAT(Error("  \n "), Err(0, "empty expression"));
   EXPECT_THAT(Error("a +"),
               Err(3, "expected an operand after '+', got end of expression"));
-  EXPECT_THAT(Error("a == )"), Err(5, "expected an operand after '==', got ')'"));
+  EXPECT_THAT(Error("a == )"),
+              Err(5, "expected an operand after '==', got ')'"));
   EXPECT_THAT(Error("(a"),
-              Err(2, "expected ')' to close the '(' at offset 0, got end of "
-                     "expression"));
+              Err(2,
+                  "expected ')' to close the '(' at offset 0, got end of "
+                  "expression"));
   EXPECT_THAT(Error("a)"), Err(1, "unexpected ')' after the end"));
-  EXPECT_THAT(Error("a b"), Err(2, "unexpected 'b' after the end of the "
-                                   "expression; is an operator missing?"));
+  EXPECT_THAT(Error("a b"), Err(2,
+                                "unexpected 'b' after the end of the "
+                                "expression; is an operator missing?"));
   EXPECT_THAT(Error("a and b"), Err(2, "unexpected 'and'"));
   EXPECT_THAT(Error("a and b"), Err(2, "use '&&'"));
   EXPECT_THAT(Error("a or b"), Err(2, "use '||'"));
@@ -814,17 +859,18 @@ TEST_F(ExprTest, SyntaxErrors) {
   EXPECT_THAT(Error("a &&"), Err(4, "expected an operand after '&&'"));
 }
 
-// --- all errors in one pass ---------------------------------------------------
+// --- all errors in one pass
+// ---------------------------------------------------
 
 TEST_F(ExprTest, ReportsAllIndependentErrors) {
   //            0         1         2         3         4
   //            0123456789012345678901234567890123456789012345678
-  EXPECT_THAT(Errors(R"(foo(a) && b.bar() && "x" < 1 && !3 && c + "y" > 0)"),
-              ElementsAre(Err(0, "unknown function 'foo'"),
-                          Err(12, "unknown method 'bar'"),
-                          Err(25, "'<' cannot compare"),
-                          Err(33, "'!' takes a boolean"),
-                          Err(42, "'+' takes numbers")));
+  EXPECT_THAT(
+      Errors(R"(foo(a) && b.bar() && "x" < 1 && !3 && c + "y" > 0)"),
+      ElementsAre(Err(0, "unknown function 'foo'"),
+                  Err(12, "unknown method 'bar'"),
+                  Err(25, "'<' cannot compare"), Err(33, "'!' takes a boolean"),
+                  Err(42, "'+' takes numbers")));
 }
 
 TEST_F(ExprTest, ReportsErrorsInsideBadCalls) {
@@ -837,9 +883,9 @@ TEST_F(ExprTest, ReportsErrorsInsideBadCalls) {
 }
 
 TEST_F(ExprTest, LexicalAndCheckErrorsTogether) {
-  EXPECT_THAT(Errors(R"(startsWith(a, "\q") && b.frob())"),
-              ElementsAre(Err(15, "invalid escape"),
-                          Err(25, "unknown method 'frob'")));
+  EXPECT_THAT(
+      Errors(R"(startsWith(a, "\q") && b.frob())"),
+      ElementsAre(Err(15, "invalid escape"), Err(25, "unknown method 'frob'")));
 }
 
 TEST_F(ExprTest, RecoversFromSyntaxErrorsAtCommas) {
@@ -866,7 +912,8 @@ TEST_F(ExprTest, ErrorsAreSortedByOffset) {
   EXPECT_LT(errors[1].offset, errors[2].offset);
 }
 
-// --- limits ----------------------------------------------------------------------
+// --- limits
+// ----------------------------------------------------------------------
 
 std::string Nested(std::string_view open, std::string_view inner,
                    std::string_view close, int n) {
@@ -907,8 +954,8 @@ TEST_F(ExprTest, OperatorsAndCallsCountAsLevels) {
   EXPECT_THAT(Error(Nested("a in [", "a", "]", kMaxExprDepth + 1)),
               Err(kMaxExprDepth * 6 + 5, "nests more than 64"));
   const std::string calls = Nested("startsWith(\"a\", ", "\"a\"", ")", 70);
-  EXPECT_THAT(Errors(calls), ::testing::Contains(Err(64 * 16 + 10,
-                                                     "nests more than 64")));
+  EXPECT_THAT(Errors(calls),
+              ::testing::Contains(Err(64 * 16 + 10, "nests more than 64")));
 }
 
 TEST_F(ExprTest, DeepNestingIsACleanErrorNotACrash) {
@@ -921,8 +968,9 @@ TEST_F(ExprTest, DeepNestingIsACleanErrorNotACrash) {
   EXPECT_THAT(Error(Nested("(", "", "", 4000)), Err(kMaxExprDepth, "nests"));
   // Over the length limit, the length is the one error.
   EXPECT_THAT(Error(Nested("(", "a", ")", 10000)),
-              Err(kMaxExprBytes, "expression is 20001 bytes long; the limit "
-                                 "is 4096 bytes"));
+              Err(kMaxExprBytes,
+                  "expression is 20001 bytes long; the limit "
+                  "is 4096 bytes"));
 }
 
 TEST_F(ExprTest, LengthLimit) {
@@ -951,7 +999,8 @@ TEST_F(ExprTest, LongChainsAreOneLevel) {
   EXPECT_THAT(Eval(list), IsFalse());
 }
 
-// --- evaluation properties ------------------------------------------------------------
+// --- evaluation properties
+// ------------------------------------------------------------
 
 TEST_F(ExprTest, EvalReturnsViewsIntoTheEvent) {
   std::string storage = "payload";
