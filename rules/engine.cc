@@ -1,5 +1,6 @@
 #include "rules/engine.h"
 
+#include <algorithm>
 #include <utility>
 
 namespace invariantd {
@@ -10,11 +11,7 @@ Engine::Engine(std::shared_ptr<const RuleSet> rules, EngineOptions options)
     states_.push_back(r.config->NewState(r.max_keys, r.overflow));
   }
   counters_.resize(rules_->rules().size());
-  key_epoch_.assign(rules_->key_groups(), 0);
-  key_hash_.resize(rules_->key_groups());
-  key_status_.resize(rules_->key_groups());
-  rule_status_.resize(rules_->rules().size());
-  rule_filtered_.resize(rules_->rules().size());
+  scratch_ = NewPrepared();
   ring_.resize(options_.dedupe_window);
 }
 
@@ -38,11 +35,22 @@ bool Engine::SeenRecently(const Hash128& id) {
   slot = id;
   recent_.insert(id);
   ring_next_ = (ring_next_ + 1) % ring_.size();
+  recent_.prefetch(ring_[ring_next_]);  // what the next event will evict
   return false;
 }
 
-ObserveStatus Engine::Prepare(const Rule& rule, const Event& event,
-                              bool* filtered) {
+PreparedEvent Engine::NewPrepared() const {
+  PreparedEvent p;
+  p.key_hash.resize(rules_->key_groups());
+  p.key_status.resize(rules_->key_groups());
+  p.key_done.resize(rules_->key_groups());
+  p.rule_status.resize(rules_->rules().size());
+  p.rule_filtered.resize(rules_->rules().size());
+  return p;
+}
+
+ObserveStatus Engine::PrepareRule(const Rule& rule, const Event& event,
+                                  PreparedEvent* p, bool* filtered) {
   *filtered = false;
   if (rule.when != nullptr) {
     const EvalResult w = rule.when->Eval(event);
@@ -56,59 +64,70 @@ ObserveStatus Engine::Prepare(const Rule& rule, const Event& event,
     }
   }
   const int g = rule.key_group;
-  if (key_epoch_[g] != epoch_) {
-    key_epoch_[g] = epoch_;
-    key_status_[g] = ObserveStatus::kOk;
+  if (!p->key_done[g]) {
+    p->key_done[g] = 1;
+    p->key_status[g] = ObserveStatus::kOk;
     hasher_.Clear();
     for (const KeyField& k : rule.key) {
       const EvalResult r = k.expr->Eval(event);
       if (r.status != EvalStatus::kOk || r.value.is_missing()) {
-        key_status_[g] = r.status == EvalStatus::kTypeError
-                             ? ObserveStatus::kTypeError
-                             : ObserveStatus::kMissing;
+        p->key_status[g] = r.status == EvalStatus::kTypeError
+                               ? ObserveStatus::kTypeError
+                               : ObserveStatus::kMissing;
         break;
       }
       hasher_.Add(r.value);
     }
-    key_hash_[g] = hasher_.Finish();
+    p->key_hash[g] = hasher_.Finish();
   }
-  return key_status_[g];
+  return p->key_status[g];
+}
+
+void Engine::Prepare(const Event& event, PreparedEvent* p) {
+  p->identity = Identity(event);
+  if (options_.dedupe_window != 0) recent_.prefetch(p->identity);
+  std::fill(p->key_done.begin(), p->key_done.end(), 0);
+  const std::vector<Rule>& rules = rules_->rules();
+  for (size_t i = 0; i < rules.size(); ++i) {
+    bool filtered;
+    p->rule_status[i] = PrepareRule(rules[i], event, p, &filtered);
+    p->rule_filtered[i] = filtered;
+    if (p->rule_status[i] == ObserveStatus::kOk && !filtered) {
+      states_[i]->Prefetch(p->key_hash[rules[i].key_group]);
+    }
+  }
 }
 
 bool Engine::Process(const Event& event, std::vector<Violation>* out) {
-  ++events_;
-  ObserveInput in;
-  in.event = &event;
-  in.identity = Identity(event);
-  if (options_.dedupe_window != 0) recent_.prefetch(in.identity);
-  ++epoch_;
-  const std::vector<Rule>& rules = rules_->rules();
-  // Pass 1: filters and keys, prefetching every table slot the event needs
-  // so that the cache misses of all rules overlap.
-  for (size_t i = 0; i < rules.size(); ++i) {
-    bool filtered;
-    rule_status_[i] = Prepare(rules[i], event, &filtered);
-    rule_filtered_[i] = filtered;
-    if (rule_status_[i] == ObserveStatus::kOk && !filtered) {
-      states_[i]->Prefetch(key_hash_[rules[i].key_group]);
-    }
+  if (scratch_.rule_status.size() != rules_->rules().size()) {
+    scratch_ = NewPrepared();
   }
-  if (SeenRecently(in.identity)) {
+  Prepare(event, &scratch_);
+  return Commit(event, scratch_, out);
+}
+
+bool Engine::Commit(const Event& event, const PreparedEvent& p,
+                    std::vector<Violation>* out) {
+  ++events_;
+  if (SeenRecently(p.identity)) {
     ++redelivered_;
     return false;
   }
-  // Pass 2: the state machines, in rule order.
+  ObserveInput in;
+  in.event = &event;
+  in.identity = p.identity;
+  const std::vector<Rule>& rules = rules_->rules();
   for (size_t i = 0; i < rules.size(); ++i) {
     const Rule& rule = rules[i];
     RuleCounters& c = counters_[i];
-    if (rule_filtered_[i]) {
+    if (p.rule_filtered[i]) {
       ++c.filtered;
       continue;
     }
-    ObserveStatus st = rule_status_[i];
+    ObserveStatus st = p.rule_status[i];
     std::optional<Finding> finding;
     if (st == ObserveStatus::kOk) {
-      in.key = key_hash_[rule.key_group];
+      in.key = p.key_hash[rule.key_group];
       st = states_[i]->Observe(in, &finding);
     }
     switch (st) {

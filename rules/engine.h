@@ -50,6 +50,18 @@ struct RuleStats {
   TableStats table;
 };
 
+// The result of Engine::Prepare for one event: its identity, and per rule
+// whether it applies and under which key. Plain scratch, reused between
+// events; create one with Engine::NewPrepared().
+struct PreparedEvent {
+  Hash128 identity;
+  std::vector<Hash128> key_hash;           // by key group
+  std::vector<ObserveStatus> key_status;   // by key group
+  std::vector<uint8_t> key_done;           // by key group: computed?
+  std::vector<ObserveStatus> rule_status;  // by rule
+  std::vector<uint8_t> rule_filtered;      // by rule
+};
+
 class Engine {
  public:
   explicit Engine(std::shared_ptr<const RuleSet> rules,
@@ -57,7 +69,19 @@ class Engine {
 
   // Evaluates one event; appends its violations to `out` (in rule order).
   // Returns false when the event was a redelivery and was skipped.
+  // Equivalent to Prepare followed by Commit.
   bool Process(const Event& event, std::vector<Violation>* out);
+
+  // Two-stage form for pipelining: Prepare reads only the event and the
+  // (immutable) rules -- identity, filters, keys -- and prefetches the
+  // state every rule will touch; it changes no state. Commit then runs the
+  // state machines. A caller may Prepare event N+1 before committing event
+  // N (both events must stay valid) so that N+1's memory loads overlap N's
+  // work; Commit must still be called in input order.
+  PreparedEvent NewPrepared() const;
+  void Prepare(const Event& event, PreparedEvent* p);
+  bool Commit(const Event& event, const PreparedEvent& p,
+              std::vector<Violation>* out);
 
   uint64_t events() const { return events_; }
   uint64_t redelivered_events() const { return redelivered_; }
@@ -67,9 +91,10 @@ class Engine {
  private:
   Hash128 Identity(const Event& event);
   bool SeenRecently(const Hash128& id);
-  // First pass for one rule: `when` and key. Returns kOk when the rule
-  // applies and its key hash is in key_hash_[rule.key_group].
-  ObserveStatus Prepare(const Rule& rule, const Event& event, bool* filtered);
+  // `when` and key for one rule. Returns kOk when the rule applies; its key
+  // hash is then in p->key_hash[rule.key_group].
+  ObserveStatus PrepareRule(const Rule& rule, const Event& event,
+                            PreparedEvent* p, bool* filtered);
   Violation MakeViolation(const Rule& rule, const Event& event,
                           const Hash128& key, Finding finding);
 
@@ -77,15 +102,7 @@ class Engine {
   EngineOptions options_;
   std::vector<std::unique_ptr<RuleState>> states_;
   std::vector<RuleCounters> counters_;
-  // Per-event key cache, by key group.
-  std::vector<uint64_t> key_epoch_;
-  std::vector<Hash128> key_hash_;
-  std::vector<ObserveStatus> key_status_;
-  // Per-event, per-rule: did `when` pass and the key evaluate (kOk), or
-  // why not. Filled by the first pass, consumed by the second.
-  std::vector<ObserveStatus> rule_status_;
-  std::vector<bool> rule_filtered_;
-  uint64_t epoch_ = 0;
+  PreparedEvent scratch_;  // for Process()
   TupleHasher hasher_;
   // Redelivery window: set plus FIFO ring of the same identities.
   absl::flat_hash_set<Hash128> recent_;

@@ -34,18 +34,33 @@ absl::StatusOr<std::unique_ptr<Replayer>> Replayer::Create(
     if (!o.ok()) return o.status();
     dopts = *o;
   }
-  auto decoder = MakeDecoder(dopts, rules->fields());
-  if (!decoder.ok()) return decoder.status();
-  return std::unique_ptr<Replayer>(
-      new Replayer(std::move(rules), std::move(options), *std::move(decoder)));
+  auto a = MakeDecoder(dopts, rules->fields());
+  if (!a.ok()) return a.status();
+  auto b = MakeDecoder(dopts, rules->fields());
+  if (!b.ok()) return b.status();
+  return std::unique_ptr<Replayer>(new Replayer(
+      std::move(rules), std::move(options), *std::move(a), *std::move(b)));
 }
 
 Replayer::Replayer(std::shared_ptr<const RuleSet> rules,
-                   ReplayerOptions options, std::unique_ptr<Decoder> decoder)
+                   ReplayerOptions options, std::unique_ptr<Decoder> a,
+                   std::unique_ptr<Decoder> b)
     : rules_(rules),
       options_(std::move(options)),
-      decoder_(std::move(decoder)),
-      engine_(std::move(rules), options_.engine) {}
+      engine_(std::move(rules), options_.engine) {
+  slots_[0].decoder = std::move(a);
+  slots_[1].decoder = std::move(b);
+  for (Slot& s : slots_) s.prepared = engine_.NewPrepared();
+}
+
+void Replayer::CommitSlot(Slot& slot, const ViolationSink& sink) {
+  pending_.clear();
+  engine_.Commit(slot.event, slot.prepared, &pending_);
+  for (const Violation& v : pending_) {
+    ++stats_.violations;
+    sink(v);
+  }
+}
 
 void Replayer::Reject(std::string_view source, uint64_t line,
                       std::string_view reason, std::string_view detail) {
@@ -62,12 +77,17 @@ absl::Status Replayer::ProcessFd(int fd, std::string_view source,
   LineReaderOptions lopts;
   lopts.max_line_bytes = options_.max_line_bytes;
   LineReader reader(fd, lopts);
-  const int slots = rules_->fields().size();
+  const int fields = rules_->fields().size();
+  Slot* in_flight = nullptr;  // prepared, not yet committed
+  int next = 0;
   while (true) {
-    auto next = reader.Next();
-    if (!next.ok()) return next.status();
-    if (!next->has_value()) break;
-    const Line& line = **next;
+    auto line_or = reader.Next();
+    if (!line_or.ok()) {
+      if (in_flight != nullptr) CommitSlot(*in_flight, sink);
+      return line_or.status();
+    }
+    if (!line_or->has_value()) break;
+    const Line& line = **line_or;
     ++stats_.records;
     stats_.bytes += line.length + (line.no_newline ? 0 : 1);
     if (line.too_long) {
@@ -76,11 +96,15 @@ absl::Status Replayer::ProcessFd(int fd, std::string_view source,
                           options_.max_line_bytes, "-byte limit"));
       continue;
     }
-    event_.Reset(slots);
-    event_.position = Position{source, line.number, line.offset};
-    event_.raw = line.text;
+    Slot& slot = slots_[next];
+    slot.line.assign(line.text);
+    slot.line.resize(line.text.size() + kLinePadding, '\0');
+    const std::string_view text(slot.line.data(), line.text.size());
+    slot.event.Reset(fields);
+    slot.event.position = Position{source, line.number, line.offset};
+    slot.event.raw = text;
     std::string_view reason;
-    const absl::Status st = decoder_->Decode(line.text, &event_, &reason);
+    const absl::Status st = slot.decoder->Decode(text, &slot.event, &reason);
     if (!st.ok()) {
       if (reason == reject::kEmptyLine) {
         ++stats_.rejected[std::string(reason)];
@@ -89,13 +113,12 @@ absl::Status Replayer::ProcessFd(int fd, std::string_view source,
       }
       continue;
     }
-    pending_.clear();
-    engine_.Process(event_, &pending_);
-    for (const Violation& v : pending_) {
-      ++stats_.violations;
-      sink(v);
-    }
+    engine_.Prepare(slot.event, &slot.prepared);
+    if (in_flight != nullptr) CommitSlot(*in_flight, sink);
+    in_flight = &slot;
+    next ^= 1;
   }
+  if (in_flight != nullptr) CommitSlot(*in_flight, sink);
   return absl::OkStatus();
 }
 

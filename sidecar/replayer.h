@@ -79,18 +79,29 @@ class Replayer {
   void WriteSummary(std::ostream& out) const;
 
  private:
+  // One event in flight. Two slots alternate so that event N+1 is decoded
+  // and prepared (its state prefetched) before event N is committed; each
+  // slot owns a copy of its line and its own decoder, so N's values stay
+  // valid meanwhile.
+  struct Slot {
+    std::unique_ptr<Decoder> decoder;
+    std::string line;  // the record plus kLinePadding bytes
+    Event event;
+    PreparedEvent prepared;
+  };
+
   Replayer(std::shared_ptr<const RuleSet> rules, ReplayerOptions options,
-           std::unique_ptr<Decoder> decoder);
+           std::unique_ptr<Decoder> a, std::unique_ptr<Decoder> b);
   void Reject(std::string_view source, uint64_t line, std::string_view reason,
               std::string_view detail);
+  void CommitSlot(Slot& slot, const ViolationSink& sink);
 
   std::shared_ptr<const RuleSet> rules_;
   ReplayerOptions options_;
-  std::unique_ptr<Decoder> decoder_;
   Engine engine_;
   ReplayStats stats_;
   std::vector<std::string> reject_messages_;
-  Event event_;
+  Slot slots_[2];
   std::vector<Violation> pending_;
 };
 
