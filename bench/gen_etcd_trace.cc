@@ -13,9 +13,9 @@
 //                  [--zipf 0.99] [--faults 10] [--seed 1] > trace.ndjson
 #include <algorithm>
 #include <cmath>
-#include <memory>
 #include <cstdint>
 #include <cstdio>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -79,7 +79,8 @@ int main(int argc, char** argv) {
   app.add_option("--events", events, "Events to write");
   app.add_option("--clusters", clusters, "Independent clusters")
       ->check(CLI::PositiveNumber);
-  app.add_option("--nodes", nodes, "Nodes per cluster")->check(CLI::Range(3, 9));
+  app.add_option("--nodes", nodes, "Nodes per cluster")
+      ->check(CLI::Range(3, 9));
   app.add_option("--zipf", zipf, "Cluster skew (0 = uniform, e.g. 0.99)");
   app.add_option("--faults", faults, "Term regressions to inject");
   app.add_option("--seed", seed, "Random seed");
@@ -153,7 +154,8 @@ int main(int argc, char** argv) {
       n.role = 0;
       n.log = std::max(n.log, c.log - static_cast<int64_t>(r >> 60));
       n.commit = std::max(
-          n.commit, std::min(n.log, c.nodes[static_cast<size_t>(c.leader)].commit));
+          n.commit,
+          std::min(n.log, c.nodes[static_cast<size_t>(c.leader)].commit));
       n.applied = std::max(n.applied, n.commit - 1);
       name = "ReceiveAppendEntriesRequest";
     }

@@ -38,8 +38,8 @@ std::string_view InputFormatName(InputFormat format);
 
 struct DecoderOptions {
   InputFormat format = InputFormat::kJson;
-  std::string pattern;       // RE2 syntax, required for kRegex
-  int max_depth = 64;        // JSON nesting cap
+  std::string pattern;  // RE2 syntax, required for kRegex
+  int max_depth = 64;   // JSON nesting cap
 };
 
 // Stable reason codes for rejected records; used as counter labels and in

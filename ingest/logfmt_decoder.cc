@@ -27,6 +27,7 @@
 #include "ingest/decoder.h"
 #include "ingest/decoder_internal.h"
 #include "sidecar/core/event.h"
+#include "sidecar/core/json_text.h"
 #include "sidecar/core/strings.h"
 
 namespace invariantd {
@@ -34,43 +35,6 @@ namespace ingest_internal {
 namespace {
 
 bool IsSep(char c) { return c == ' ' || c == '\t'; }
-
-int HexDigit(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
-// Reads the 4 hex digits at s[i..i+4) as a UTF-16 code unit, or -1.
-int32_t Hex4(std::string_view s, size_t i) {
-  if (i + 4 > s.size()) return -1;
-  int32_t v = 0;
-  for (size_t k = i; k < i + 4; ++k) {
-    const int d = HexDigit(s[k]);
-    if (d < 0) return -1;
-    v = (v << 4) | d;
-  }
-  return v;
-}
-
-void AppendUtf8(char32_t cp, std::string* out) {
-  if (cp < 0x80) {
-    out->push_back(static_cast<char>(cp));
-  } else if (cp < 0x800) {
-    out->push_back(static_cast<char>(0xC0 | (cp >> 6)));
-    out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  } else if (cp < 0x10000) {
-    out->push_back(static_cast<char>(0xE0 | (cp >> 12)));
-    out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
-    out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  } else {
-    out->push_back(static_cast<char>(0xF0 | (cp >> 18)));
-    out->push_back(static_cast<char>(0x80 | ((cp >> 12) & 0x3F)));
-    out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
-    out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  }
-}
 
 class LogfmtDecoder final : public Decoder {
  public:
@@ -128,7 +92,7 @@ bool LogfmtDecoder::Unescape(std::string_view content, size_t at,
         plain = '\f';
         break;
       case 'u': {
-        int32_t unit = Hex4(content, j + 2);
+        int32_t unit = ParseHex4(content, j + 2);
         if (unit < 0) {
           *column = at + j + 1;
           return false;
@@ -143,7 +107,7 @@ bool LogfmtDecoder::Unescape(std::string_view content, size_t at,
           const int32_t low = j + 7 < content.size() &&
                                       content[j + 6] == '\\' &&
                                       content[j + 7] == 'u'
-                                  ? Hex4(content, j + 8)
+                                  ? ParseHex4(content, j + 8)
                                   : -1;
           if (low < 0xDC00 || low > 0xDFFF) {
             *column = at + j + 1;  // a high surrogate without a low one

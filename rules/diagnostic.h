@@ -10,9 +10,9 @@ namespace invariantd {
 
 struct Diagnostic {
   std::string file;
-  int line = 0;    // 1-based; 0 when the problem is the file as a whole
-  int column = 0;  // 1-based
-  std::string rule;     // rule name, when inside a rule
+  int line = 0;      // 1-based; 0 when the problem is the file as a whole
+  int column = 0;    // 1-based
+  std::string rule;  // rule name, when inside a rule
   std::string message;
   std::string snippet;  // the source line, when known
 };

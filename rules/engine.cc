@@ -70,16 +70,19 @@ ObserveStatus Engine::PrepareRule(const Rule& rule, const Event& event,
     hasher_.Clear();
     for (const KeyField& k : rule.key) {
       const EvalResult r = k.expr->Eval(event);
-      if (r.status != EvalStatus::kOk || r.value.is_missing()) {
-        p->key_status[g] = r.status == EvalStatus::kTypeError
-                               ? ObserveStatus::kTypeError
-                               : ObserveStatus::kMissing;
-        break;
+      if (r.status == EvalStatus::kTypeError) {
+        p->key_status[g] = ObserveStatus::kTypeError;
+      } else if ((r.status == EvalStatus::kMissing || r.value.is_missing()) &&
+                 p->key_status[g] == ObserveStatus::kOk) {
+        p->key_status[g] = ObserveStatus::kMissing;
       }
-      hasher_.Add(r.value);
+      // Absent or unusable fields hash as "missing", so a stateless rule
+      // still gets a stable key (and violation id) for the event.
+      hasher_.Add(r.status == EvalStatus::kOk ? r.value : Value::Missing());
     }
     p->key_hash[g] = hasher_.Finish();
   }
+  if (!rule.config->NeedsKey()) return ObserveStatus::kOk;
   return p->key_status[g];
 }
 
@@ -167,7 +170,10 @@ Violation Engine::MakeViolation(const Rule& rule, const Event& event,
   v.reason = std::move(f.reason);
   v.message = std::move(f.message);
   for (const KeyField& k : rule.key) {
-    v.key.emplace_back(k.name, OwnedValue(k.expr->Eval(event).value));
+    const EvalResult r = k.expr->Eval(event);
+    v.key.emplace_back(
+        k.name,
+        OwnedValue(r.status == EvalStatus::kOk ? r.value : Value::Missing()));
   }
   v.source = std::string(event.position.source);
   v.line = event.position.line;

@@ -7,6 +7,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "sidecar/core/json_text.h"
 #include "sidecar/core/strings.h"
 
 namespace invariantd::expr_internal {
@@ -43,43 +44,6 @@ bool StartsToken(char c) {
       return true;
     default:
       return false;
-  }
-}
-
-int HexDigit(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
-// Parses 4 hex digits at text[i..i+4); -1 when they are not there.
-int Hex4(std::string_view text, size_t i) {
-  if (i + 4 > text.size()) return -1;
-  int v = 0;
-  for (size_t k = i; k < i + 4; ++k) {
-    const int d = HexDigit(text[k]);
-    if (d < 0) return -1;
-    v = v * 16 + d;
-  }
-  return v;
-}
-
-void AppendUtf8(uint32_t cp, std::string* out) {
-  if (cp < 0x80) {
-    out->push_back(static_cast<char>(cp));
-  } else if (cp < 0x800) {
-    out->push_back(static_cast<char>(0xC0 | (cp >> 6)));
-    out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  } else if (cp < 0x10000) {
-    out->push_back(static_cast<char>(0xE0 | (cp >> 12)));
-    out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
-    out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  } else {
-    out->push_back(static_cast<char>(0xF0 | (cp >> 18)));
-    out->push_back(static_cast<char>(0x80 | ((cp >> 12) & 0x3F)));
-    out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
-    out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
   }
 }
 
@@ -416,7 +380,7 @@ class Lexer {
   // offset after it.
   size_t LexUnicodeEscape(size_t j, std::string* out,
                           std::vector<ExprError>* local) {
-    const int hi = Hex4(text_, j + 2);
+    const int hi = ParseHex4(text_, j + 2);
     if (hi < 0) {
       local->push_back(
           ExprError{j, "'\\u' must be followed by exactly 4 hex digits"});
@@ -431,7 +395,7 @@ class Lexer {
     }
     if (hi >= 0xD800 && hi <= 0xDBFF) {
       const int lo =
-          (At(j + 6, '\\') && At(j + 7, 'u')) ? Hex4(text_, j + 8) : -1;
+          (At(j + 6, '\\') && At(j + 7, 'u')) ? ParseHex4(text_, j + 8) : -1;
       if (lo < 0xDC00 || lo > 0xDFFF) {
         local->push_back(
             ExprError{j,
@@ -445,7 +409,7 @@ class Lexer {
       AppendUtf8(cp, out);
       return j + 12;
     }
-    AppendUtf8(static_cast<uint32_t>(hi), out);
+    AppendUtf8(static_cast<char32_t>(hi), out);
     return j + 6;
   }
 

@@ -7,10 +7,10 @@
 // impossible (about 1 in 10^23 at 10M keys).
 //
 // Layout: open addressing with linear probing over one flat array of slots
-// {key, last-touch, State}; capacity grows by 1.5x at 7/8 load, so the
-// table's average load stays high (memory per key is measured by
-// bench/key_table_bench and recorded in docs/benchmarks.md). Deletion is
-// backward-shift, so no tombstones accumulate under churn.
+// {key, last-touch, State} (40 bytes for a 16-byte State); capacity grows
+// by 1.5x at 7/8 load, so the table's average load stays high (memory per key
+// is measured by bench/key_table_bench and recorded in docs/benchmarks.md).
+// Deletion is backward-shift, so no tombstones accumulate under churn.
 //
 // Bounds: at most `max_keys` live keys. When a new key arrives at the limit:
 //   kEvictOldest  evicts an approximately least-recently-touched key (the
@@ -40,8 +40,8 @@ template <typename State>
 class KeyTable {
  public:
   struct Slot {
-    Hash128 key;  // {0,0} marks an empty slot
-    uint32_t touch = 0;
+    Hash128 key;         // {0,0} marks an empty slot
+    uint64_t touch = 0;  // clock value of the last access (never wraps)
     State state{};
   };
 
@@ -115,6 +115,18 @@ class KeyTable {
     return false;
   }
 
+  // Erases every entry whose state satisfies `pred`; returns how many.
+  // O(capacity): for occasional sweeps (e.g. expired windows), not per event.
+  template <typename P>
+  size_t EraseIf(P&& pred) {
+    std::vector<Hash128> doomed;
+    for (const Slot& s : slots_) {
+      if (!Empty(s) && pred(s.state)) doomed.push_back(s.key);
+    }
+    for (const Hash128& k : doomed) Erase(k);
+    return doomed.size();
+  }
+
   // Visits every live (key, state); for checkpoints and tests.
   template <typename F>
   void ForEach(F&& f) const {
@@ -169,10 +181,10 @@ class KeyTable {
   static void AdviseHugePages(void* p, size_t bytes) {
     constexpr uintptr_t kHuge = uintptr_t{2} << 20;
     if (bytes < 2 * kHuge) return;
-    const uintptr_t begin = (reinterpret_cast<uintptr_t>(p) + kHuge - 1) &
-                            ~(kHuge - 1);
-    const uintptr_t end = (reinterpret_cast<uintptr_t>(p) + bytes) &
-                          ~(kHuge - 1);
+    const uintptr_t begin =
+        (reinterpret_cast<uintptr_t>(p) + kHuge - 1) & ~(kHuge - 1);
+    const uintptr_t end =
+        (reinterpret_cast<uintptr_t>(p) + bytes) & ~(kHuge - 1);
     if (end > begin) {
       ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
     }
@@ -196,13 +208,12 @@ class KeyTable {
 
   void EvictOne() {
     size_t victim = SIZE_MAX;
-    uint32_t oldest_age = 0;
+    uint64_t oldest_age = 0;
     for (int k = 0; k < 8; ++k) {
       size_t i = static_cast<size_t>(
-          (static_cast<unsigned __int128>(NextRandom()) * slots_.size()) >>
-          64);
+          (static_cast<unsigned __int128>(NextRandom()) * slots_.size()) >> 64);
       while (Empty(slots_[i])) i = Next(i);
-      const uint32_t age = clock_ - slots_[i].touch;
+      const uint64_t age = clock_ - slots_[i].touch;
       if (victim == SIZE_MAX || age > oldest_age) {
         victim = i;
         oldest_age = age;
@@ -223,7 +234,7 @@ class KeyTable {
   size_t size_ = 0;
   size_t max_keys_;
   OverflowPolicy policy_;
-  uint32_t clock_ = 0;
+  uint64_t clock_ = 0;
   uint64_t rng_ = 0x1f2e3d4c5b6a7988ULL;
   uint64_t evicted_ = 0;
   uint64_t rejected_ = 0;

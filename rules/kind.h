@@ -32,11 +32,11 @@ namespace invariantd {
 
 // What a kind found wrong with one event.
 struct Finding {
-  std::string reason;     // stable, kind-specific: "regressed", "gap", ...
-  Value observed;         // points into the event
-  OwnedValue previous;    // the state it contradicts (missing if none)
+  std::string reason;   // stable, kind-specific: "regressed", "gap", ...
+  Value observed;       // points into the event
+  OwnedValue previous;  // the state it contradicts (missing if none)
   uint64_t previous_line = 0;
-  std::string message;    // one sentence, unsanitized
+  std::string message;  // one sentence, unsanitized
 };
 
 // The event as one rule sees it.
@@ -76,6 +76,10 @@ class RuleState {
 class KindConfig {
  public:
   virtual ~KindConfig() = default;
+  // Stateful kinds keep state per key, so an event whose key fields are
+  // absent cannot be judged. A stateless kind (always) judges it anyway and
+  // reports the absent key fields as null.
+  virtual bool NeedsKey() const { return true; }
   virtual std::unique_ptr<RuleState> NewState(size_t max_keys,
                                               OverflowPolicy policy) const = 0;
 };
@@ -97,8 +101,8 @@ class KindCompiler {
   virtual std::optional<std::vector<std::string>> StringList(
       std::string_view field) = 0;
   // A map of scalar → list of scalars (transition graphs).
-  virtual std::optional<std::vector<std::pair<std::string,
-                                              std::vector<std::string>>>>
+  virtual std::optional<
+      std::vector<std::pair<std::string, std::vector<std::string>>>>
   StringListMap(std::string_view field) = 0;
   // `field` may be empty for an error about the rule as a whole.
   virtual void Error(std::string_view field, std::string message) = 0;
@@ -119,10 +123,10 @@ std::vector<std::string> KindNames();
 inline ObserveStatus EvalValue(const Expr& expr, const Event& event,
                                Value* out) {
   const EvalResult r = expr.Eval(event);
+  if (r.status == EvalStatus::kTypeError) return ObserveStatus::kTypeError;
   if (r.status == EvalStatus::kMissing || r.value.is_missing()) {
     return ObserveStatus::kMissing;
   }
-  if (r.status == EvalStatus::kTypeError) return ObserveStatus::kTypeError;
   *out = r.value;
   return ObserveStatus::kOk;
 }

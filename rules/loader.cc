@@ -1,8 +1,10 @@
 // Rule loading: read (YAML) -> check (schema) -> compile (expressions and
 // kinds). See rule_set.h for the file format.
 #include <algorithm>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <sstream>
 
 #include "absl/strings/ascii.h"
@@ -40,12 +42,12 @@ std::string DiagnosticJson(const Diagnostic& d) {
 namespace {
 
 constexpr std::string_view kCommonFields[] = {
-    "name",     "kind",        "when",     "key",         "severity",
-    "description", "runbook",  "labels",   "max_keys",    "on_overflow"};
+    "name",        "kind",    "when",   "key",      "severity",
+    "description", "runbook", "labels", "max_keys", "on_overflow"};
 constexpr std::string_view kSeverities[] = {"critical", "error", "warning",
                                             "info"};
-constexpr std::string_view kReservedLabels[] = {"alertname", "severity",
-                                                "kind", "rule"};
+constexpr std::string_view kReservedLabels[] = {"alertname", "severity", "kind",
+                                                "rule"};
 
 size_t EditDistance(std::string_view a, std::string_view b) {
   std::vector<size_t> prev(b.size() + 1), cur(b.size() + 1);
@@ -53,10 +55,10 @@ size_t EditDistance(std::string_view a, std::string_view b) {
   for (size_t i = 1; i <= a.size(); ++i) {
     cur[0] = i;
     for (size_t j = 1; j <= b.size(); ++j) {
-      const bool same = absl::ascii_tolower(a[i - 1]) ==
-                        absl::ascii_tolower(b[j - 1]);
-      cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1,
-                         prev[j - 1] + (same ? 0 : 1)});
+      const bool same =
+          absl::ascii_tolower(a[i - 1]) == absl::ascii_tolower(b[j - 1]);
+      cur[j] =
+          std::min({prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (same ? 0 : 1)});
     }
     std::swap(prev, cur);
   }
@@ -89,14 +91,22 @@ struct Source {
 
 class RuleLoader {
  public:
-  LoadResult Load(const std::vector<std::pair<std::string, std::string>>&
-                      documents) {
+  LoadResult Load(
+      const std::vector<std::pair<std::string, std::string>>& documents) {
     set_ = std::unique_ptr<RuleSet>(new RuleSet());
-    for (const auto& [name, text] : documents) LoadDocument(name, text);
+    for (const auto& [name, text] : documents) {
+      try {
+        LoadDocument(name, text);
+      } catch (const YAML::Exception& e) {
+        // A conversion this loader did not anticipate: still a diagnostic,
+        // never a crash.
+        ErrorAt(e.mark, absl::StrCat("unexpected YAML content: ", e.msg));
+      }
+    }
     if (set_->rules_.empty() && diags_.empty()) {
-      diags_.push_back(Diagnostic{
-          documents.empty() ? "" : documents.front().first, 0, 0, "",
-          "no rules found", ""});
+      diags_.push_back(
+          Diagnostic{documents.empty() ? "" : documents.front().first, 0, 0, "",
+                     "no rules found", ""});
     }
     LoadResult result;
     result.diagnostics = std::move(diags_);
@@ -127,58 +137,125 @@ class RuleLoader {
     ErrorAt(node.Mark(), std::move(message));
   }
 
-  // Maps a byte offset inside a scalar's value to its source location.
+  // Maps a byte offset inside a scalar's value to its source location by
+  // walking the raw source: block scalars (| and >) line by line from the
+  // block's indentation, quoted scalars through their escapes, plain
+  // scalars across folded lines.
   YAML::Mark MarkInside(const YAML::Node& node, size_t offset) {
     YAML::Mark m = node.Mark();
-    if (m.line < 0 || static_cast<size_t>(m.line) >= src_->lines.size()) {
+    const auto& lines = src_->lines;
+    if (m.line < 0 || static_cast<size_t>(m.line) >= lines.size()) return m;
+    size_t li = static_cast<size_t>(m.line);
+    size_t col = static_cast<size_t>(m.column);
+    const char c = col < lines[li].size() ? lines[li][col] : '\0';
+    auto at = [&](size_t line, size_t column) {
+      YAML::Mark r = m;
+      r.line = static_cast<int>(line);
+      r.column = static_cast<int>(column);
+      return r;
+    };
+    if (c == '|' || c == '>') {
+      size_t indent = std::string::npos;
+      size_t remaining = offset;
+      for (size_t l = li + 1; l < lines.size(); ++l) {
+        const size_t first = lines[l].find_first_not_of(' ');
+        if (first == std::string::npos) {  // blank line inside the block
+          if (remaining == 0) return at(l, 0);
+          remaining -= 1;
+          continue;
+        }
+        if (indent == std::string::npos) indent = first;
+        if (first < indent) break;  // the block ended
+        const size_t len = lines[l].size() - indent;
+        if (remaining <= len) return at(l, indent + remaining);
+        remaining -= len + 1;
+      }
       return m;
     }
-    const std::string& first = src_->lines[m.line];
-    const char c = static_cast<size_t>(m.column) < first.size()
-                       ? first[m.column]
-                       : '\0';
-    const std::string& value = node.Scalar();
-    if (c == '|' || c == '>') {
-      // Block scalar: content lines follow, each with its indentation.
-      size_t line_in_value = 0, col = offset;
-      for (size_t i = 0; i < offset && i < value.size(); ++i) {
-        if (value[i] == '\n') {
-          ++line_in_value;
-          col = offset - i - 1;
+    if (c == '"' || c == '\'') {
+      size_t produced = 0;
+      ++col;
+      while (li < lines.size()) {
+        const std::string& l = lines[li];
+        while (col < l.size()) {
+          if (produced >= offset) return at(li, col);
+          if (l[col] == c &&
+              (c == '"' || col + 1 >= l.size() || l[col + 1] != '\'')) {
+            return at(li, col);  // closing quote
+          }
+          size_t src = 1, out = 1;
+          if (c == '\'' && l[col] == '\'') {
+            src = 2;  // '' is one quote
+          } else if (c == '"' && l[col] == '\\' && col + 1 < l.size()) {
+            const char e = l[col + 1];
+            const size_t digits = e == 'x'   ? 2
+                                  : e == 'u' ? 4
+                                  : e == 'U' ? 8
+                                             : 0;
+            src = 2 + digits;
+            if (digits > 0) {
+              const unsigned long cp =
+                  std::strtoul(l.substr(col + 2, digits).c_str(), nullptr, 16);
+              out = cp < 0x80 ? 1 : cp < 0x800 ? 2 : cp < 0x10000 ? 3 : 4;
+            }
+          }
+          if (produced + out > offset) return at(li, col);
+          produced += out;
+          col += src;
+        }
+        ++produced;  // a line break folds to one space
+        ++li;
+        if (li < lines.size()) {
+          const size_t first = lines[li].find_first_not_of(' ');
+          col = first == std::string::npos ? 0 : first;
         }
       }
-      const size_t src_line = m.line + 1 + line_in_value;
-      if (src_line < src_->lines.size()) {
-        const std::string& l = src_->lines[src_line];
-        const size_t indent = l.find_first_not_of(' ');
-        m.line = static_cast<int>(src_line);
-        m.column = static_cast<int>(
-            (indent == std::string::npos ? 0 : indent) + col);
-      }
       return m;
     }
-    const int quote = (c == '"' || c == '\'') ? 1 : 0;
-    m.column += quote + static_cast<int>(offset);
+    // Plain scalar: continuation lines fold to one space each.
+    size_t remaining = offset;
+    while (li < lines.size()) {
+      std::string_view l(lines[li]);
+      const size_t comment = l.find(" #");
+      if (comment != std::string_view::npos) l = l.substr(0, comment);
+      const size_t last = l.find_last_not_of(' ');
+      const size_t end = last == std::string_view::npos ? col : last + 1;
+      const size_t len = end > col ? end - col : 0;
+      if (remaining <= len) return at(li, col + remaining);
+      remaining -= len + 1;
+      ++li;
+      if (li < lines.size()) {
+        const size_t first = lines[li].find_first_not_of(' ');
+        col = first == std::string::npos ? 0 : first;
+      }
+    }
     return m;
   }
 
   // ---- reading ----
   void LoadDocument(const std::string& name, const std::string& text) {
-    Source src{name, absl::StrSplit(text, '\n')};
-    src_ = &src;
+    source_ = Source{name, absl::StrSplit(text, '\n')};
+    src_ = &source_;
     rule_name_.clear();
     set_->files_.push_back(name);
     if (text.size() > kMaxRuleFileBytes) {
-      diags_.push_back(Diagnostic{
-          name, 0, 0, "",
-          absl::StrCat("rule file is ", text.size(), " bytes; the limit is ",
-                       kMaxRuleFileBytes),
-          ""});
+      diags_.push_back(
+          Diagnostic{name, 0, 0, "",
+                     absl::StrCat("rule file is ", text.size(),
+                                  " bytes; the limit is ", kMaxRuleFileBytes),
+                     ""});
       return;
     }
     YAML::Node root;
     try {
-      root = YAML::Load(text);
+      std::vector<YAML::Node> docs = YAML::LoadAll(text);
+      if (docs.size() > 1) {
+        ErrorAt(docs[1].Mark(),
+                "a rule file holds one YAML document; put further rules in "
+                "the same 'rules' list or in another file");
+        return;
+      }
+      if (!docs.empty()) root = docs.front();
     } catch (const YAML::Exception& e) {
       ErrorAt(e.mark,
               absl::StrCat("invalid YAML: ", e.msg,
@@ -190,14 +267,16 @@ class RuleLoader {
       ErrorAt(root, "a rule file is a mapping with a 'rules' list");
       return;
     }
+    StringSet top_seen;
     for (const auto& kv : root) {
-      const std::string k = kv.first.as<std::string>();
+      const std::optional<std::string> name = KeyName(kv.first);
+      if (!name || Duplicate(&top_seen, kv.first, *name)) continue;
+      const std::string& k = *name;
       if (k != "rules" && k != "input" && k != "pack" && k != "description") {
-        ErrorAt(kv.first,
-                absl::StrCat("unknown top-level field '", k, "'",
-                             Suggest(k, std::vector<std::string_view>{
-                                            "rules", "input", "pack",
-                                            "description"})));
+        ErrorAt(kv.first, absl::StrCat("unknown top-level field '", k, "'",
+                                       Suggest(k, std::vector<std::string_view>{
+                                                      "rules", "input", "pack",
+                                                      "description"})));
       }
     }
     if (root["input"]) LoadInput(root["input"]);
@@ -221,8 +300,11 @@ class RuleLoader {
     }
     InputSpec spec;
     spec.file = src_->name;
+    StringSet in_seen;
     for (const auto& kv : in) {
-      const std::string k = kv.first.as<std::string>();
+      const std::optional<std::string> name = KeyName(kv.first);
+      if (!name || Duplicate(&in_seen, kv.first, *name)) continue;
+      const std::string& k = *name;
       if (k == "format" || k == "pattern") {
         std::string v;
         if (!Scalar(kv.second, k, &v)) continue;
@@ -243,8 +325,7 @@ class RuleLoader {
     if (spec.format.empty()) spec.format = "json";
     if (spec.format != "json" && spec.format != "logfmt" &&
         spec.format != "regex") {
-      ErrorAt(in["format"], absl::StrCat("unknown input format '",
-                                         spec.format,
+      ErrorAt(in["format"], absl::StrCat("unknown input format '", spec.format,
                                          "'; expected json, logfmt or regex"));
     }
     if (spec.format == "regex" && spec.pattern.empty()) {
@@ -252,11 +333,29 @@ class RuleLoader {
     }
     if (set_->input_ && (set_->input_->format != spec.format ||
                          set_->input_->pattern != spec.pattern)) {
-      ErrorAt(in, absl::StrCat("conflicting 'input' with ",
-                               set_->input_->file));
+      ErrorAt(in,
+              absl::StrCat("conflicting 'input' with ", set_->input_->file));
       return;
     }
     set_->input_ = spec;
+  }
+
+  // The text of a mapping key; non-scalar keys (`[a]: 1`) are an error.
+  std::optional<std::string> KeyName(const YAML::Node& k) {
+    if (!k.IsScalar()) {
+      ErrorAt(k, "a field name must be a plain string");
+      return std::nullopt;
+    }
+    return k.Scalar();
+  }
+
+  // Reports a key seen twice in one mapping (yaml-cpp keeps the first
+  // silently, which would hide the second).
+  bool Duplicate(StringSet* seen, const YAML::Node& k,
+                 const std::string& name) {
+    if (seen->insert(name).second) return false;
+    ErrorAt(k, absl::StrCat("duplicate field '", name, "'"));
+    return true;
   }
 
   bool Scalar(const YAML::Node& n, std::string_view what, std::string* out) {
@@ -280,8 +379,9 @@ class RuleLoader {
     }
     if (e != nullptr && boolean && e->type() != ExprType::kBool &&
         e->type() != ExprType::kAny) {
-      ErrorAt(n, "this condition can never be true or false: it is not a "
-                 "boolean expression");
+      ErrorAt(n,
+              "this condition can never be true or false: it is not a "
+              "boolean expression");
       return nullptr;
     }
     return e;
@@ -294,9 +394,7 @@ class RuleLoader {
     bool Has(std::string_view f) const override {
       return static_cast<bool>(rule_[std::string(f)]);
     }
-    YAML::Node Get(std::string_view f) const {
-      return rule_[std::string(f)];
-    }
+    YAML::Node Get(std::string_view f) const { return rule_[std::string(f)]; }
     std::unique_ptr<Expr> Expression(std::string_view f, bool required,
                                      bool boolean) override {
       const YAML::Node n = Get(f);
@@ -364,8 +462,11 @@ class RuleLoader {
       return out;
     }
     void Error(std::string_view f, std::string message) override {
-      const YAML::Node n = f.empty() ? YAML::Node() : Get(f);
-      l_->ErrorAt(n ? n : rule_, std::move(message));
+      if (!f.empty() && Has(f)) {
+        l_->ErrorAt(Get(f), std::move(message));
+      } else {
+        l_->ErrorAt(rule_, std::move(message));
+      }
     }
     void Missing(std::string_view f) {
       l_->ErrorAt(rule_, absl::StrCat("missing required field '", AV(f), "'"));
@@ -382,8 +483,8 @@ class RuleLoader {
       std::vector<std::string> out;
       for (const YAML::Node& e : n) {
         if (!e.IsScalar()) {
-          l_->ErrorAt(e, absl::StrCat("items of '", AV(f),
-                                      "' must be strings"));
+          l_->ErrorAt(e,
+                      absl::StrCat("items of '", AV(f), "' must be strings"));
           return std::nullopt;
         }
         out.push_back(e.Scalar());
@@ -413,8 +514,9 @@ class RuleLoader {
       rule_name_ = rule.name;
       static const LazyRE2 kName = {"[A-Za-z0-9_][A-Za-z0-9_.:-]*"};
       if (!RE2::FullMatch(rule.name, *kName)) {
-        ErrorAt(n, "a rule name may use letters, digits, '_', '.', ':' and "
-                   "'-' (it becomes an alert name)");
+        ErrorAt(n,
+                "a rule name may use letters, digits, '_', '.', ':' and "
+                "'-' (it becomes an alert name)");
       } else if (!names_.insert(rule.name).second) {
         ErrorAt(n, absl::StrCat("duplicate rule name '", rule.name, "'"));
       }
@@ -432,25 +534,27 @@ class RuleLoader {
     }
 
     // Unknown fields: typos must not silently disable a check.
+    StringSet rule_seen;
     for (const auto& kv : node) {
-      const std::string f = kv.first.as<std::string>();
-      const bool common = std::find(std::begin(kCommonFields),
-                                    std::end(kCommonFields),
-                                    f) != std::end(kCommonFields);
+      const std::optional<std::string> name = KeyName(kv.first);
+      if (!name || Duplicate(&rule_seen, kv.first, *name)) continue;
+      const std::string& f = *name;
+      const bool common =
+          std::find(std::begin(kCommonFields), std::end(kCommonFields), f) !=
+          std::end(kCommonFields);
       const bool specific =
-          spec != nullptr && std::find(spec->fields.begin(),
-                                       spec->fields.end(),
+          spec != nullptr && std::find(spec->fields.begin(), spec->fields.end(),
                                        f) != spec->fields.end();
       if (!common && !specific) {
         std::vector<std::string_view> all(std::begin(kCommonFields),
                                           std::end(kCommonFields));
-        if (spec) all.insert(all.end(), spec->fields.begin(),
-                             spec->fields.end());
+        if (spec)
+          all.insert(all.end(), spec->fields.begin(), spec->fields.end());
         ErrorAt(kv.first,
-                absl::StrCat("unknown field '", f, "'",
-                             spec ? absl::StrCat(" for kind '", rule.kind, "'")
-                                  : "",
-                             Suggest(f, all)));
+                absl::StrCat(
+                    "unknown field '", f, "'",
+                    spec ? absl::StrCat(" for kind '", rule.kind, "'") : "",
+                    Suggest(f, all)));
       }
     }
 
@@ -469,7 +573,8 @@ class RuleLoader {
     if (const YAML::Node n = node["description"]) {
       Scalar(n, "description", &rule.description);
     }
-    if (const YAML::Node n = node["runbook"]) Scalar(n, "runbook", &rule.runbook);
+    if (const YAML::Node n = node["runbook"])
+      Scalar(n, "runbook", &rule.runbook);
     LoadLabels(node["labels"], &rule);
     Compiler kc(this, node);
     if (auto v = kc.Int("max_keys", 1, 1'000'000'000)) rule.max_keys = *v;
@@ -506,7 +611,9 @@ class RuleLoader {
       KeyField kf;
       YAML::Node expr_node = item;
       if (item.IsMap() && item.size() == 1) {
-        kf.name = item.begin()->first.as<std::string>();
+        const std::optional<std::string> name = KeyName(item.begin()->first);
+        if (!name) continue;
+        kf.name = *name;
         expr_node = item.begin()->second;
       } else if (!item.IsScalar()) {
         ErrorAt(item, "a key item is a field path or {name: expression}");
@@ -533,8 +640,11 @@ class RuleLoader {
       return;
     }
     static const LazyRE2 kLabel = {"[a-zA-Z_][a-zA-Z0-9_]*"};
+    StringSet label_seen;
     for (const auto& kv : n) {
-      const std::string k = kv.first.as<std::string>();
+      const std::optional<std::string> name = KeyName(kv.first);
+      if (!name || Duplicate(&label_seen, kv.first, *name)) continue;
+      const std::string& k = *name;
       if (!RE2::FullMatch(k, *kLabel) || absl::StartsWith(k, "__")) {
         ErrorAt(kv.first, absl::StrCat("invalid label name '", k,
                                        "' (Prometheus label names match "
@@ -558,7 +668,8 @@ class RuleLoader {
     TupleHasher digest;
     for (Rule& r : set_->rules_) {
       std::string sig;
-      for (const KeyField& k : r.key) absl::StrAppend(&sig, k.expr->text(), "\x1f");
+      for (const KeyField& k : r.key)
+        absl::StrAppend(&sig, k.expr->text(), "\x1f");
       auto [it, inserted] =
           groups.emplace(sig, static_cast<int>(groups.size()));
       r.key_group = it->second;
@@ -571,7 +682,8 @@ class RuleLoader {
 
   std::unique_ptr<RuleSet> set_;
   std::vector<Diagnostic> diags_;
-  const Source* src_ = nullptr;
+  Source source_;  // the document being loaded
+  const Source* src_ = &source_;
   std::string rule_name_;
   StringSet names_;
 };
@@ -589,11 +701,11 @@ LoadResult LoadRuleFiles(const std::vector<std::string>& paths) {
     std::error_code ec;
     const auto size = fs::file_size(path, ec);
     if (!ec && size > kMaxRuleFileBytes) {
-      io_errors.push_back(Diagnostic{
-          path, 0, 0, "",
-          absl::StrCat("rule file is ", size, " bytes; the limit is ",
-                       kMaxRuleFileBytes),
-          ""});
+      io_errors.push_back(
+          Diagnostic{path, 0, 0, "",
+                     absl::StrCat("rule file is ", size,
+                                  " bytes; the limit is ", kMaxRuleFileBytes),
+                     ""});
       return;
     }
     std::ifstream in(path, std::ios::binary);

@@ -16,8 +16,7 @@ int main(int argc, char** argv) {
   std::string out_format = "jsonl";
   auto* rp = app.add_subcommand(
       "replay", "Check recorded events (files or stdin) against rules");
-  rp->add_option("--rules", replay.rules,
-                 "Rule file or directory (repeatable)")
+  rp->add_option("--rules", replay.rules, "Rule file or directory (repeatable)")
       ->required()
       ->allow_extra_args(false)
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
@@ -34,7 +33,8 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(size_t{64}, size_t{1} << 30));
   rp->add_option("--dedupe-window", replay.dedupe_window,
                  "Recent event identities remembered to skip redeliveries "
-                 "(0 disables)");
+                 "(0 disables)")
+      ->check(CLI::Range(size_t{0}, size_t{1} << 24));
   rp->add_flag("!--no-summary", replay.summary, "Do not print the summary");
   rp->add_option("files", replay.inputs, "Input files ('-' is stdin)");
 
@@ -61,8 +61,8 @@ int main(int argc, char** argv) {
         out_format == "text" ? OutputFormat::kText : OutputFormat::kJsonl;
     return RunReplay(replay, std::cout, std::cerr);
   }
-  if (*vp) return RunValidate(validate_paths, validate_json, std::cout,
-                              std::cerr);
+  if (*vp)
+    return RunValidate(validate_paths, validate_json, std::cout, std::cerr);
   if (*tp) return RunTest(test_files, std::cout);
   return kExitError;
 }

@@ -66,9 +66,9 @@ void Replayer::Reject(std::string_view source, uint64_t line,
                       std::string_view reason, std::string_view detail) {
   ++stats_.rejected[std::string(reason)];
   if (reject_messages_.size() < options_.max_reported_rejects) {
-    reject_messages_.push_back(absl::StrCat(
-        SanitizeText(source, 512), ":", line, ": skipped (", AV(reason),
-        "): ", SanitizeText(detail, 512)));
+    reject_messages_.push_back(absl::StrCat(SanitizeText(source, 512), ":",
+                                            line, ": skipped (", AV(reason),
+                                            "): ", SanitizeText(detail, 512)));
   }
 }
 
@@ -172,8 +172,9 @@ void Replayer::WriteSummary(std::ostream& out) const {
   out << absl::StrFormat(
       "summary: %d records (%d bytes), %d events checked, %d skipped, %d "
       "redelivered, %d violations\n",
-      stats_.records, stats_.bytes, engine_.events() - engine_.redelivered_events(),
-      rejected, engine_.redelivered_events(), stats_.violations);
+      stats_.records, stats_.bytes,
+      engine_.events() - engine_.redelivered_events(), rejected,
+      engine_.redelivered_events(), stats_.violations);
   if (rejected > 0) {
     out << "  skipped by reason:";
     for (const auto& [reason, n] : stats_.rejected) {

@@ -1,5 +1,6 @@
 #include "sidecar/rule_test.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <optional>
 
@@ -32,6 +33,9 @@ struct Expectation {
     if (reason) absl::StrAppend(&s, " reason ", *reason);
     return s;
   }
+  int Constraints() const {
+    return (line ? 1 : 0) + (key ? 1 : 0) + (reason ? 1 : 0);
+  }
   bool Matches(const Violation& v) const {
     if (v.rule != rule) return false;
     if (line && v.line != *line) return false;
@@ -52,12 +56,11 @@ struct Expectation {
 std::string DescribeViolation(const Violation& v) {
   std::string key;
   for (const auto& [name, value] : v.key) {
-    absl::StrAppend(&key, key.empty() ? "" : ", ", name, ": ",
-                    value.ToText());
+    absl::StrAppend(&key, key.empty() ? "" : ", ", name, ": ", value.ToText());
   }
   return SanitizeText(absl::StrCat("rule ", v.rule, " at line ", v.line,
-                                   " key {", key, "} reason ", v.reason,
-                                   ": ", v.message));
+                                   " key {", key, "} reason ", v.reason, ": ",
+                                   v.message));
 }
 
 class FileRunner {
@@ -123,8 +126,8 @@ class FileRunner {
 
   bool Fail(const std::string& name, const YAML::Node& at,
             const std::string& msg) {
-    out_ << "FAIL " << file_ << ":" << at.Mark().line + 1 << " " << name
-         << ": " << msg << "\n";
+    out_ << "FAIL " << file_ << ":" << at.Mark().line + 1 << " " << name << ": "
+         << msg << "\n";
     return false;
   }
 
@@ -148,7 +151,18 @@ class FileRunner {
       std::string text;
       const YAML::Node ev = t["events"];
       if (ev.IsSequence()) {
-        for (const YAML::Node& e : ev) absl::StrAppend(&text, e.Scalar(), "\n");
+        for (const YAML::Node& e : ev) {
+          if (!e.IsScalar()) {
+            return Fail(name, e,
+                        "each item of 'events' must be a string holding one "
+                        "record (quote JSON lines: '{\"a\": 1}')");
+          }
+          absl::StrAppend(&text, e.Scalar(), "\n");
+        }
+      } else if (!ev.IsScalar()) {
+        return Fail(name, ev,
+                    "'events' must be a block of records (events: |) or a "
+                    "list of strings");
       } else {
         text = ev.Scalar();
       }
@@ -176,7 +190,13 @@ class FileRunner {
         want.push_back(std::move(x));
       }
     }
-    // Greedy multiset match: each expectation consumes one violation.
+    // Multiset match: each expectation consumes one violation. The most
+    // specific expectations choose first, so a vaguer one cannot take the
+    // only violation a precise one could match.
+    std::stable_sort(want.begin(), want.end(),
+                     [](const Expectation& a, const Expectation& b) {
+                       return a.Constraints() > b.Constraints();
+                     });
     std::vector<bool> used(got.size(), false);
     std::vector<std::string> missing;
     for (const Expectation& x : want) {
@@ -194,8 +214,7 @@ class FileRunner {
       out_ << "PASS " << file_ << " " << name << "\n";
       return true;
     }
-    out_ << "FAIL " << file_ << ":" << t.Mark().line + 1 << " " << name
-         << "\n";
+    out_ << "FAIL " << file_ << ":" << t.Mark().line + 1 << " " << name << "\n";
     for (const auto& m : missing) out_ << "  - missing:    " << m << "\n";
     for (const auto& u : unexpected) out_ << "  + unexpected: " << u << "\n";
     for (const auto& r : (*replayer)->reject_messages()) {

@@ -63,20 +63,18 @@ std::string ViolationJson(const Violation& v) {
   // ensure_ascii: every non-ASCII character is written as \uXXXX, so no
   // raw line separator (U+2028/2029), bidi control or C1 control from the
   // input ever reaches a log pipeline; invalid UTF-8 becomes U+FFFD.
-  return j.dump(-1, ' ', /*ensure_ascii=*/true,
-                Json::error_handler_t::replace);
+  return j.dump(-1, ' ', /*ensure_ascii=*/true, Json::error_handler_t::replace);
 }
 
 std::string ViolationText(const Violation& v) {
   std::string key;
   for (const auto& [name, value] : v.key) {
-    absl::StrAppend(&key, key.empty() ? "" : " ", name, "=",
-                    value.ToText());
+    absl::StrAppend(&key, key.empty() ? "" : " ", name, "=", value.ToText());
   }
   return absl::StrCat(SanitizeText(v.source), ":", v.line, ": ", v.severity,
                       " ", v.rule, " (", v.kind, "/", v.reason, ") {",
-                      SanitizeText(key, 512), "}: ",
-                      SanitizeText(v.message, 1024));
+                      SanitizeText(key, 512),
+                      "}: ", SanitizeText(v.message, 1024));
 }
 
 }  // namespace invariantd

@@ -4,14 +4,42 @@
 // Each conflicting value is reported once (it joins the remembered set, up
 // to max_distinct + kExtraRemembered values; past that every further
 // conflicting event is reported).
+//
+// Values are remembered by their canonical 128-bit hash (equal values hash
+// equal: 1 and 1.0 agree), so a key costs the same whether the value is a
+// node id or a 1 MiB ledger entry. Only the first value is kept as a
+// preview for messages and evidence, cut at kPreviewBytes.
 #include "absl/container/inlined_vector.h"
 #include "absl/strings/str_cat.h"
 #include "rules/kinds/kinds.h"
+#include "sidecar/core/strings.h"
 
 namespace invariantd {
 namespace {
 
 constexpr size_t kExtraRemembered = 8;
+constexpr size_t kPreviewBytes = 120;
+
+Hash128 ValueHash(const Value& v) {
+  TupleHasher h;
+  h.Add(v);
+  return h.Finish();
+}
+
+// The value itself, or for long text its first kPreviewBytes and a marker.
+OwnedValue Preview(const Value& v) {
+  if ((v.is_string() || v.is_json()) && v.str().size() > kPreviewBytes) {
+    size_t cut = kPreviewBytes;
+    while (cut > 0 &&
+           (static_cast<unsigned char>(v.str()[cut]) & 0xC0) == 0x80) {
+      --cut;  // do not split a UTF-8 sequence
+    }
+    const std::string text = absl::StrCat(AV(v.str().substr(0, cut)), "...[+",
+                                          v.str().size() - cut, " bytes]");
+    return OwnedValue(Value::String(text));
+  }
+  return OwnedValue(v);
+}
 
 struct Agreement {
   struct Config : KindConfig {
@@ -23,10 +51,11 @@ struct Agreement {
     }
   };
   struct Seen {
-    OwnedValue value;
+    Hash128 hash;
     uint64_t line = 0;
   };
   struct State {
+    OwnedValue first;  // preview of the first value seen
     absl::InlinedVector<Seen, 1> seen;
   };
 
@@ -35,45 +64,44 @@ struct Agreement {
     return ExtractField(*c.field, in, v);
   }
   static constexpr bool kTableKeyIsRuleKey = true;
-  static Hash128 TableKey(const Config&, const ObserveInput& in,
-                          const Value&) {
+  static Hash128 TableKey(const Config&, const ObserveInput& in, const Value&) {
     return in.key;
   }
-  static ObserveStatus Step(const Config& c, State& s, bool,
-                            const Value& v, const ObserveInput& in,
+  static ObserveStatus Step(const Config& c, State& s, bool, const Value& v,
+                            const ObserveInput& in,
                             std::optional<Finding>* out) {
+    const Hash128 h = ValueHash(v);
     for (const Seen& seen : s.seen) {
-      if (seen.value.view() == v) return ObserveStatus::kOk;
+      if (seen.hash == h) return ObserveStatus::kOk;
     }
     const uint64_t line = in.event->position.line;
+    if (s.seen.empty()) s.first = Preview(v);
     if (s.seen.size() >= c.max_distinct) {
       Finding f;
       f.reason = "disagreement";
       f.observed = v;
-      f.previous = s.seen.front().value;
+      f.previous = s.first;
       f.previous_line = s.seen.front().line;
       f.message = absl::StrCat(
-          c.field->text(), " is ", v.ToText(), " but was already ",
-          s.seen.front().value.ToText(),
-          c.max_distinct == 1
-              ? std::string(" for this key")
-              : absl::StrCat(" (", s.seen.size(), " distinct values seen, at most ",
-                             c.max_distinct, " allowed)"));
+          c.field->text(), " is ", Preview(v).ToText(), " but was already ",
+          s.first.ToText(),
+          c.max_distinct == 1 ? std::string(" for this key")
+                              : absl::StrCat(" (", s.seen.size(),
+                                             " distinct values seen, at most ",
+                                             c.max_distinct, " allowed)"));
       *out = std::move(f);
       if (s.seen.size() >= c.max_distinct + kExtraRemembered) {
         return ObserveStatus::kOk;
       }
     }
-    s.seen.push_back(Seen{OwnedValue(v), line});
+    s.seen.push_back(Seen{h, line});
     return ObserveStatus::kOk;
   }
   static size_t HeapBytes(const State& s) {
     size_t n = s.seen.capacity() > 1 ? s.seen.capacity() * sizeof(Seen) : 0;
-    for (const Seen& seen : s.seen) {
-      const Value v = seen.value.view();
-      if ((v.is_string() || v.is_json()) && v.str().size() > 15) {
-        n += v.str().size() + 1;
-      }
+    const Value v = s.first.view();
+    if ((v.is_string() || v.is_json()) && v.str().size() > 15) {
+      n += v.str().size() + 1;
     }
     return n;
   }

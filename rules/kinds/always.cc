@@ -13,6 +13,7 @@ struct AlwaysConfig : KindConfig {
   std::unique_ptr<Expr> condition;
   std::unique_ptr<Expr> observed;  // optional: what to show as observed
   std::unique_ptr<RuleState> NewState(size_t, OverflowPolicy) const override;
+  bool NeedsKey() const override { return false; }
 };
 
 class AlwaysState final : public RuleState {
@@ -35,8 +36,8 @@ class AlwaysState final : public RuleState {
     } else {
       f.observed = Value::Bool(false);
     }
-    f.message = absl::StrCat("condition does not hold: ",
-                             c_->condition->text());
+    f.message =
+        absl::StrCat("condition does not hold: ", c_->condition->text());
     *out = std::move(f);
     return ObserveStatus::kOk;
   }

@@ -2,6 +2,7 @@
 // increases). Reasons: "regressed" (smaller), "not_increasing" (equal, with
 // strict). After a finding the state follows the observed value, so one
 // regression is reported once, not on every later event.
+#include <cmath>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -54,14 +55,15 @@ struct Monotonic {
   static ObserveStatus Extract(const Config& c, const ObserveInput& in,
                                Value* v) {
     const ObserveStatus st = ExtractField(*c.field, in, v);
-    if (st == ObserveStatus::kOk && !v->is_number()) {
-      return ObserveStatus::kTypeError;
+    if (st == ObserveStatus::kOk &&
+        (!v->is_number() ||
+         (v->is_double() && std::isnan(v->double_value())))) {
+      return ObserveStatus::kTypeError;  // NaN orders with nothing
     }
     return st;
   }
   static constexpr bool kTableKeyIsRuleKey = true;
-  static Hash128 TableKey(const Config&, const ObserveInput& in,
-                          const Value&) {
+  static Hash128 TableKey(const Config&, const ObserveInput& in, const Value&) {
     return in.key;
   }
   static ObserveStatus Step(const Config& c, State& s, bool is_new,
@@ -79,7 +81,8 @@ struct Monotonic {
         f.previous = OwnedValue(prev);
         f.previous_line = Line(s);
         f.message = absl::StrCat(
-            c.field->text(), *cmp < 0 ? " regressed from " : " did not increase from ",
+            c.field->text(),
+            *cmp < 0 ? " regressed from " : " did not increase from ",
             prev.ToText(), " to ", v.ToText());
         *out = std::move(f);
       }

@@ -7,8 +7,8 @@ namespace {
 
 const std::vector<KindSpec>& Registry() {
   static const auto* kinds = new std::vector<KindSpec>{
-      MonotonicKindSpec(), AgreementKindSpec(),  UniqueKindSpec(),
-      TransitionKindSpec(), SequenceKindSpec(), AlwaysKindSpec(),
+      MonotonicKindSpec(),  AgreementKindSpec(), UniqueKindSpec(),
+      TransitionKindSpec(), SequenceKindSpec(),  AlwaysKindSpec(),
   };
   return *kinds;
 }

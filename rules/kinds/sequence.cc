@@ -2,6 +2,8 @@
 // jumped ahead: events were lost; the state resyncs to the new value) and
 // "repeat" (a value at or below the last one: a replay; the state keeps the
 // highest value). The first value seen for a key is accepted as the start.
+#include <cmath>
+
 #include "absl/strings/str_cat.h"
 #include "rules/kinds/kinds.h"
 
@@ -24,21 +26,21 @@ struct Sequence {
   static ObserveStatus Extract(const Config& c, const ObserveInput& in,
                                Value* v) {
     const ObserveStatus st = ExtractField(*c.field, in, v);
-    if (st == ObserveStatus::kOk && !v->is_int()) {
-      int64_t i;
-      if (v->is_double() && v->double_value() == static_cast<double>(
-                                static_cast<int64_t>(v->double_value()))) {
-        i = static_cast<int64_t>(v->double_value());
-        *v = Value::Int(i);
-        return st;
+    if (st != ObserveStatus::kOk || v->is_int()) return st;
+    // An integral double within int64 range counts (JSON writers often emit
+    // 5.0); anything else is a type error. Range-checked before the cast.
+    if (v->is_double()) {
+      const double d = v->double_value();
+      if (d >= -9223372036854775808.0 && d < 9223372036854775808.0 &&
+          d == std::floor(d)) {
+        *v = Value::Int(static_cast<int64_t>(d));
+        return ObserveStatus::kOk;
       }
-      return ObserveStatus::kTypeError;
     }
-    return st;
+    return ObserveStatus::kTypeError;
   }
   static constexpr bool kTableKeyIsRuleKey = true;
-  static Hash128 TableKey(const Config&, const ObserveInput& in,
-                          const Value&) {
+  static Hash128 TableKey(const Config&, const ObserveInput& in, const Value&) {
     return in.key;
   }
   static ObserveStatus Step(const Config& c, State& s, bool is_new,
@@ -60,16 +62,15 @@ struct Sequence {
     f.previous_line = s.line;
     if (x > s.last) {
       f.reason = "gap";
-      f.message = absl::StrCat(c.field->text(), " jumped from ", s.last,
-                               " to ", x, ": ",
-                               static_cast<uint64_t>(x) -
-                                   static_cast<uint64_t>(s.last) - 1,
-                               " missing");
+      f.message = absl::StrCat(
+          c.field->text(), " jumped from ", s.last, " to ", x, ": ",
+          static_cast<uint64_t>(x) - static_cast<uint64_t>(s.last) - 1,
+          " missing");
       s = State{x, line};
     } else {
       f.reason = "repeat";
-      f.message = absl::StrCat(c.field->text(), " repeated ", x,
-                               " after ", s.last);
+      f.message =
+          absl::StrCat(c.field->text(), " repeated ", x, " after ", s.last);
     }
     *out = std::move(f);
     return ObserveStatus::kOk;
@@ -86,8 +87,6 @@ std::unique_ptr<KindConfig> Compile(KindCompiler& kc) {
 
 }  // namespace
 
-KindSpec SequenceKindSpec() {
-  return KindSpec{"sequence", {"field"}, Compile};
-}
+KindSpec SequenceKindSpec() { return KindSpec{"sequence", {"field"}, Compile}; }
 
 }  // namespace invariantd

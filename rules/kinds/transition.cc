@@ -23,10 +23,10 @@ namespace {
 struct Transition {
   struct Config : KindConfig {
     std::unique_ptr<Expr> field;
-    std::vector<std::string> names;        // state index -> name
-    StringMap<uint32_t> index;             // name -> state index
-    std::vector<std::vector<bool>> edge;   // edge[from][to]
-    std::vector<bool> initial;             // empty: any
+    std::vector<std::string> names;       // state index -> name
+    StringMap<uint32_t> index;            // name -> state index
+    std::vector<std::vector<bool>> edge;  // edge[from][to]
+    std::vector<bool> initial;            // empty: any
     std::vector<bool> terminal;
     bool allow_self = true;
     std::unique_ptr<RuleState> NewState(size_t max_keys,
@@ -45,8 +45,7 @@ struct Transition {
     return ExtractField(*c.field, in, v);
   }
   static constexpr bool kTableKeyIsRuleKey = true;
-  static Hash128 TableKey(const Config&, const ObserveInput& in,
-                          const Value&) {
+  static Hash128 TableKey(const Config&, const ObserveInput& in, const Value&) {
     return in.key;
   }
   static std::string_view Text(const Value& v, std::string* buf) {
@@ -93,8 +92,8 @@ struct Transition {
       const uint32_t from = s.current;
       if (!c.terminal.empty() && c.terminal[from]) {
         finding("after_terminal",
-                absl::StrCat("event after terminal state ", c.names[from],
-                             " (", c.field->text(), " is ", AV(name), ")"));
+                absl::StrCat("event after terminal state ", c.names[from], " (",
+                             c.field->text(), " is ", AV(name), ")"));
         return ObserveStatus::kOk;  // stays terminal
       }
       const bool ok = from == to ? c.allow_self : c.edge[from][to];
@@ -134,8 +133,8 @@ std::unique_ptr<KindConfig> Compile(KindCompiler& kc) {
   }
   auto check_declared = [&](std::string_view field, const std::string& s) {
     if (declared && !c->index.contains(s)) {
-      kc.Error(field, absl::StrCat("state '", s,
-                                   "' is not listed in 'states'"));
+      kc.Error(field,
+               absl::StrCat("state '", s, "' is not listed in 'states'"));
       return false;
     }
     return true;
@@ -180,10 +179,10 @@ std::unique_ptr<KindConfig> Compile(KindCompiler& kc) {
 }  // namespace
 
 KindSpec TransitionKindSpec() {
-  return KindSpec{"transition",
-                  {"field", "transitions", "states", "initial", "terminal",
-                   "allow_self"},
-                  Compile};
+  return KindSpec{
+      "transition",
+      {"field", "transitions", "states", "initial", "terminal", "allow_self"},
+      Compile};
 }
 
 }  // namespace invariantd

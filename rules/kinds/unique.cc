@@ -7,11 +7,15 @@
 // redelivered; a *different* event with the same value is the double-apply.
 //
 // Window: without one, a value is remembered until evicted by max_keys.
-// `window: {count: N}` forgets a value after N further events of this rule;
-// `window: {field: EXPR, size: N}` forgets it once the events' own sequence
-// field has advanced by more than N (time is untrusted; counters are not).
-// Expiry is lazy: an expired entry is overwritten when its value reappears
-// and is the first choice for eviction.
+// `window_count: N` forgets a value after N further events of this rule;
+// `window_field: EXPR` with `window_size: N` forgets it once the events' own
+// sequence field has advanced by more than N (time is untrusted; counters
+// are not). Expiry is lazy: an expired entry is overwritten when its value
+// reappears, and when the table is full, expired entries are swept out
+// before max_keys evicts or rejects anything (at most one O(max_keys) sweep
+// per eighth of a window, so the cost stays amortized).
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "rules/kinds/kinds.h"
 
@@ -31,7 +35,7 @@ struct UniqueConfig : KindConfig {
 struct UniqueEntry {
   uint64_t identity = 0;  // low 64 bits of the first event's identity
   uint64_t line = 0;
-  int64_t stamp = 0;      // ordinal or sequence value when first seen
+  int64_t stamp = 0;  // ordinal or sequence value when first seen
 };
 
 class UniqueState final : public RuleState {
@@ -56,7 +60,12 @@ class UniqueState final : public RuleState {
     h.AddU64(in.key.lo);
     h.AddU64(in.key.hi);
     h.Add(v);
-    auto ref = table_.FindOrInsert(h.Finish());
+    const Hash128 slot_key = h.Finish();
+    if (table_.size() >= table_.max_keys() && WindowSize() > 0 &&
+        table_.Find(slot_key) == nullptr) {
+      SweepExpired(stamp);
+    }
+    auto ref = table_.FindOrInsert(slot_key);
     if (ref.state == nullptr) return ObserveStatus::kRejected;
     UniqueEntry& e = *ref.state;
     const uint64_t line = in.event->position.line;
@@ -82,9 +91,28 @@ class UniqueState final : public RuleState {
   }
 
  private:
+  int64_t WindowSize() const {
+    return c_->window_field != nullptr ? c_->window_size : c_->window_count;
+  }
+
+  // Frees expired entries when the table is full, at most once per eighth
+  // of a window of progress.
+  void SweepExpired(int64_t stamp) {
+    const uint64_t step =
+        std::max<uint64_t>(1, static_cast<uint64_t>(WindowSize()) / 8);
+    if (swept_once_ && stamp > last_sweep_ &&
+        static_cast<uint64_t>(stamp) - static_cast<uint64_t>(last_sweep_) <
+            step) {
+      return;
+    }
+    if (swept_once_ && stamp <= last_sweep_) return;
+    swept_once_ = true;
+    last_sweep_ = stamp;
+    table_.EraseIf([&](const UniqueEntry& e) { return Expired(e, stamp); });
+  }
+
   bool Expired(const UniqueEntry& e, int64_t stamp) const {
-    const int64_t size =
-        c_->window_field != nullptr ? c_->window_size : c_->window_count;
+    const int64_t size = WindowSize();
     if (size <= 0) return false;
     // Unsigned difference: no overflow on extreme sequence values.
     return static_cast<uint64_t>(stamp) - static_cast<uint64_t>(e.stamp) >
@@ -95,6 +123,8 @@ class UniqueState final : public RuleState {
   const UniqueConfig* c_;
   KeyTable<UniqueEntry> table_;
   int64_t ordinal_ = 0;
+  bool swept_once_ = false;
+  int64_t last_sweep_ = 0;
 };
 
 std::unique_ptr<RuleState> UniqueConfig::NewState(size_t max_keys,

@@ -9,8 +9,7 @@ namespace {
 
 bool IsIdentStart(char c) { return absl::ascii_isalpha(c) || c == '_'; }
 bool IsIdentChar(char c) {
-  return absl::ascii_isalnum(c) || c == '_' || c == '-' || c == '$' ||
-         c == '@';
+  return absl::ascii_isalnum(c) || c == '_' || c == '-' || c == '$' || c == '@';
 }
 bool IsPlainSegment(std::string_view s) {
   if (s.empty()) return false;
@@ -26,9 +25,8 @@ absl::StatusOr<FieldPath> FieldPath::Parse(std::string_view text) {
   std::vector<std::string> segs;
   size_t i = 0;
   auto error = [&](std::string_view what) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(AV(what), " at offset ", i, " in field path '", AV(text),
-                     "'"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        AV(what), " at offset ", i, " in field path '", AV(text), "'"));
   };
   if (text.empty()) return error("empty field path");
   while (i < text.size()) {

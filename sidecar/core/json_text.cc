@@ -52,13 +52,57 @@ bool IsValidUtf8(std::string_view s) {
   return true;
 }
 
+bool IsInvisibleControl(char32_t cp) {
+  return (cp >= 0x80 && cp <= 0x9F) || cp == 0x2028 || cp == 0x2029 ||
+         (cp >= 0x202A && cp <= 0x202E) || (cp >= 0x2066 && cp <= 0x2069) ||
+         cp == 0x200E || cp == 0x200F || cp == 0x061C;
+}
+
+void AppendUtf8(char32_t cp, std::string* out) {
+  if (cp < 0x80) {
+    out->push_back(static_cast<char>(cp));
+  } else if (cp < 0x800) {
+    out->push_back(static_cast<char>(0xC0 | (cp >> 6)));
+    out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+  } else if (cp < 0x10000) {
+    out->push_back(static_cast<char>(0xE0 | (cp >> 12)));
+    out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
+    out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+  } else {
+    out->push_back(static_cast<char>(0xF0 | (cp >> 18)));
+    out->push_back(static_cast<char>(0x80 | ((cp >> 12) & 0x3F)));
+    out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
+    out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+  }
+}
+
+int ParseHex4(std::string_view s, size_t i) {
+  if (i + 4 > s.size()) return -1;
+  int v = 0;
+  for (size_t k = i; k < i + 4; ++k) {
+    const char c = s[k];
+    int d;
+    if (c >= '0' && c <= '9') {
+      d = c - '0';
+    } else if (c >= 'a' && c <= 'f') {
+      d = c - 'a' + 10;
+    } else if (c >= 'A' && c <= 'F') {
+      d = c - 'A' + 10;
+    } else {
+      return -1;
+    }
+    v = (v << 4) | d;
+  }
+  return v;
+}
+
 void AppendJsonString(std::string_view s, std::string* out) {
   static constexpr char kHex[] = "0123456789abcdef";
   out->push_back('"');
   size_t i = 0;
   while (i < s.size()) {
     const uint8_t c = static_cast<uint8_t>(s[i]);
-    if (c >= 0x20 && c < 0x80 && c != '"' && c != '\\') {
+    if (c >= 0x20 && c < 0x7F && c != '"' && c != '\\') {
       out->push_back(static_cast<char>(c));
       ++i;
       continue;
@@ -80,7 +124,7 @@ void AppendJsonString(std::string_view s, std::string* out) {
         case '\t':
           out->append("\\t");
           break;
-        default:
+        default:  // other C0 controls and DEL
           out->append("\\u00");
           out->push_back(kHex[c >> 4]);
           out->push_back(kHex[c & 0xF]);
@@ -95,8 +139,11 @@ void AppendJsonString(std::string_view s, std::string* out) {
       ++i;
       continue;
     }
-    if (cp == 0x2028 || cp == 0x2029) {
-      out->append(cp == 0x2028 ? "\\u2028" : "\\u2029");
+    if (IsInvisibleControl(cp)) {
+      out->append("\\u");
+      for (int shift = 12; shift >= 0; shift -= 4) {
+        out->push_back(kHex[(cp >> shift) & 0xF]);
+      }
     } else {
       out->append(s.substr(i, len));
     }

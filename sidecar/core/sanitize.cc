@@ -7,16 +7,6 @@
 #include "sidecar/core/json_text.h"
 
 namespace invariantd {
-namespace {
-
-bool IsDangerousCodePoint(char32_t cp) {
-  return (cp >= 0x80 && cp <= 0x9F) || cp == 0x2028 || cp == 0x2029 ||
-         (cp >= 0x202A && cp <= 0x202E) || (cp >= 0x2066 && cp <= 0x2069) ||
-         cp == 0x200E || cp == 0x200F || cp == 0x061C;
-}
-
-}  // namespace
-
 std::string SanitizeText(std::string_view in, size_t max_bytes) {
   std::string out;
   out.reserve(in.size() < max_bytes ? in.size() : max_bytes);
@@ -50,7 +40,7 @@ std::string SanitizeText(std::string_view in, size_t max_bytes) {
         piece = absl::StrFormat("\\x%02x", c);
       } else {
         consumed = len;
-        if (IsDangerousCodePoint(cp)) {
+        if (IsInvisibleControl(cp)) {
           piece = absl::StrFormat("\\u%04x", static_cast<uint32_t>(cp));
         } else {
           piece.assign(in.substr(i, len));

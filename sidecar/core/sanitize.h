@@ -13,7 +13,7 @@
 //   - output longer than `max_bytes` is cut at a character boundary and ends
 //     with "...[+N bytes]" so truncation is never silent.
 // JSON outputs use AppendJsonString (json_text.h), which escapes the same
-// set; evidence keeps the raw bytes.
+// set (IsInvisibleControl); evidence keeps the raw bytes.
 #ifndef INVARIANTD_CORE_SANITIZE_H_
 #define INVARIANTD_CORE_SANITIZE_H_
 

@@ -48,8 +48,7 @@ bool operator==(const Value& a, const Value& b) {
     const Value& d = a.is_double() ? a : b;
     const Value& i = a.is_int() ? a : b;
     int64_t as_int;
-    return IntegralDouble(d.double_value(), &as_int) &&
-           as_int == i.int_value();
+    return IntegralDouble(d.double_value(), &as_int) && as_int == i.int_value();
   }
   if (a.kind() != b.kind()) return false;
   switch (a.kind()) {

@@ -100,9 +100,7 @@ class Value {
   int64_t int_value() const { return i_; }
   double double_value() const { return d_; }
   // kInt or kDouble as a double.
-  double AsDouble() const {
-    return is_int() ? static_cast<double>(i_) : d_;
-  }
+  double AsDouble() const { return is_int() ? static_cast<double>(i_) : d_; }
   // Text of kString, or raw JSON of kJson.
   std::string_view str() const { return std::string_view(ptr_, len_); }
 

@@ -29,10 +29,10 @@ struct Violation {
   std::string source;
   uint64_t line = 0;
   uint64_t offset = 0;
-  OwnedValue observed;   // the value that contradicts the state
-  OwnedValue previous;   // the state it contradicts (missing if none)
+  OwnedValue observed;         // the value that contradicts the state
+  OwnedValue previous;         // the state it contradicts (missing if none)
   uint64_t previous_line = 0;  // line that established `previous`, 0 if unknown
-  std::string witness;   // raw bytes of the offending event
+  std::string witness;         // raw bytes of the offending event
 
   // Rule metadata carried for outputs.
   std::string description;

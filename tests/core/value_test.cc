@@ -48,6 +48,9 @@ TEST(JsonTextTest, EscapesControlsSeparatorsAndInvalidUtf8) {
   EXPECT_EQ(JsonString("\xe2\x80\xa8"), "\"\\u2028\"");
   EXPECT_EQ(JsonString("\xff"), "\"\\ufffd\"");
   EXPECT_EQ(JsonString("h\xc3\xa9"), "\"h\xc3\xa9\"");
+  // The sanitizer's set: C1 controls, DEL and bidi overrides.
+  EXPECT_EQ(JsonString("\xc2\x85\x7f\xe2\x80\xae"),
+            "\"\\u0085\\u007f\\u202e\"");
 }
 
 TEST(SanitizeTest, NeutralizesControlsAndBidi) {

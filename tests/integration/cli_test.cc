@@ -73,9 +73,9 @@ Result Invariantd(const std::vector<std::string>& args,
   for (auto& a : argv_s) argv.push_back(a.data());
   argv.push_back(nullptr);
   pid_t pid;
-  EXPECT_EQ(posix_spawn(&pid, INVARIANTD_BINARY, &fa, nullptr, argv.data(),
-                        environ),
-            0);
+  EXPECT_EQ(
+      posix_spawn(&pid, INVARIANTD_BINARY, &fa, nullptr, argv.data(), environ),
+      0);
   posix_spawn_file_actions_destroy(&fa);
   close(in[0]);
   close(out[1]);
@@ -140,9 +140,9 @@ TEST(CliTest, ReplayReportsTheSampleFaultsAsJsonLines) {
   ASSERT_EQ(lines.size(), 4u) << r.out;
   for (const std::string& l : lines) {
     const Json j = Json::parse(l);
-    for (const char* f : {"id", "rule", "kind", "severity", "key", "source",
-                          "line", "offset", "observed", "previous",
-                          "message"}) {
+    for (const char* f :
+         {"id", "rule", "kind", "severity", "key", "source", "line", "offset",
+          "observed", "previous", "message"}) {
       EXPECT_TRUE(j.contains(f)) << f << " missing in " << l;
     }
     EXPECT_EQ(j["id"].get<std::string>().size(), 32u);
@@ -171,20 +171,20 @@ TEST(CliTest, ViolationIdsAreDeterministic) {
 }
 
 TEST(CliTest, CleanCorpusExitsZero) {
-  const Result r = Invariantd(
-      {"replay", "--rules", Src("rules/packs/etcd-raft.yaml"),
-       Src("../shared/corpora/etcd-raft/trace-3node.ndjson")});
+  const Result r =
+      Invariantd({"replay", "--rules", Src("rules/packs/etcd-raft.yaml"),
+                  Src("../shared/corpora/etcd-raft/trace-3node.ndjson")});
   EXPECT_EQ(r.status, 0) << r.err;
   EXPECT_TRUE(r.out.empty());
   EXPECT_THAT(r.err, HasSubstr("386 records"));
 }
 
 TEST(CliTest, StdinAndTextFormat) {
-  const Result r = Invariantd(
-      {"replay", "--format", "text", "--rules",
-       Src("rules/packs/etcd-raft.yaml"), "-"},
-      "{\"event\":{\"nid\":\"1\",\"state\":{\"term\":5}}}\n"
-      "{\"event\":{\"nid\":\"1\",\"state\":{\"term\":4}}}\n");
+  const Result r =
+      Invariantd({"replay", "--format", "text", "--rules",
+                  Src("rules/packs/etcd-raft.yaml"), "-"},
+                 "{\"event\":{\"nid\":\"1\",\"state\":{\"term\":5}}}\n"
+                 "{\"event\":{\"nid\":\"1\",\"state\":{\"term\":4}}}\n");
   EXPECT_EQ(r.status, 1);
   EXPECT_THAT(r.out, HasSubstr("-:2: critical etcd-raft-term-never-regresses"));
 }
@@ -201,7 +201,8 @@ TEST(CliTest, BadRulesExitTwoWithLocatedDiagnostics) {
   close(fd);
   const Result r = Invariantd({"replay", "--rules", path, "-"}, "");
   EXPECT_EQ(r.status, 2);
-  EXPECT_THAT(r.err, HasSubstr(absl::StrCat(path, ":5:5: error: unknown "
+  EXPECT_THAT(r.err, HasSubstr(absl::StrCat(path,
+                                            ":5:5: error: unknown "
                                             "field 'strct'")));
   EXPECT_THAT(r.err, HasSubstr(absl::StrCat(path, ":4:")));
   const Result v = Invariantd({"validate", path});
@@ -218,9 +219,9 @@ TEST(CliTest, BadRulesExitTwoWithLocatedDiagnostics) {
 }
 
 TEST(CliTest, MissingInputFileIsAnInputError) {
-  const Result r = Invariantd({"replay", "--rules",
-                               Src("rules/packs/etcd-raft.yaml"),
-                               "/nonexistent/trace.ndjson"});
+  const Result r =
+      Invariantd({"replay", "--rules", Src("rules/packs/etcd-raft.yaml"),
+                  "/nonexistent/trace.ndjson"});
   EXPECT_EQ(r.status, 2);
   EXPECT_THAT(r.err, HasSubstr("cannot open /nonexistent/trace.ndjson"));
 }
@@ -241,8 +242,8 @@ TEST(CliTest, HostileFieldValuesAreNeutralizedInEveryFormat) {
     EXPECT_EQ(r.status, 1) << format;
     ASSERT_EQ(Lines(r.out).size(), 1u) << format << ": " << r.out;
     for (unsigned char c : r.out.substr(0, r.out.size() - 1)) {
-      EXPECT_TRUE(c >= 0x20 && c < 0x7f) << format << ": raw byte "
-                                          << static_cast<int>(c);
+      EXPECT_TRUE(c >= 0x20 && c < 0x7f)
+          << format << ": raw byte " << static_cast<int>(c);
     }
   }
 }
@@ -252,9 +253,8 @@ TEST(CliTest, MalformedAndOversizedRecordsAreSkippedNotFatal) {
   absl::StrAppend(&input, "{not json\n", std::string(300000, 'x'), "\n",
                   "\xff\xfe\n",
                   "{\"event\":{\"nid\":\"1\",\"state\":{\"term\":3}}}\n");
-  const Result r = Invariantd({"replay", "--max-line-bytes", "4096",
-                               "--rules", Src("rules/packs/etcd-raft.yaml"),
-                               "-"},
+  const Result r = Invariantd({"replay", "--max-line-bytes", "4096", "--rules",
+                               Src("rules/packs/etcd-raft.yaml"), "-"},
                               input);
   EXPECT_EQ(r.status, 1);
   const auto lines = Lines(r.out);
@@ -291,10 +291,10 @@ TEST(CliTest, LongStreamRunsInBoundedMemory) {
 #endif
 
 TEST(CliTest, RuleTestCommandPassesAndFailsWithADiff) {
-  const Result ok = Invariantd(
-      {"test", Src("rules/packs/tests/etcd-raft.test.yaml"),
-       Src("rules/packs/tests/ccf-raft.test.yaml"),
-       Src("rules/packs/tests/k8s-audit.test.yaml")});
+  const Result ok =
+      Invariantd({"test", Src("rules/packs/tests/etcd-raft.test.yaml"),
+                  Src("rules/packs/tests/ccf-raft.test.yaml"),
+                  Src("rules/packs/tests/k8s-audit.test.yaml")});
   EXPECT_EQ(ok.status, 0) << ok.out;
   EXPECT_THAT(ok.out, HasSubstr("14 passed, 0 failed"));
 

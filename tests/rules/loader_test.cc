@@ -198,9 +198,93 @@ TEST(LoaderTest, MissingFileAndEmptyDirectoryAreReported) {
 TEST(LoaderTest, ShippedPacksValidate) {
   LoadResult r =
       LoadRuleFiles({std::string(INVARIANTD_SOURCE_DIR) + "/rules/packs"});
-  for (const Diagnostic& d : r.diagnostics) ADD_FAILURE() << FormatDiagnostic(d);
+  for (const Diagnostic& d : r.diagnostics)
+    ADD_FAILURE() << FormatDiagnostic(d);
   ASSERT_TRUE(r.ok());
   EXPECT_GE(r.rules->rules().size(), 12u);
+}
+
+}  // namespace
+}  // namespace invariantd
+
+namespace invariantd {
+namespace {
+
+TEST(LoaderRobustnessTest, NonStringKeysAreDiagnosticsNotCrashes) {
+  LoadResult r = LoadRuleText(R"yaml(rules:
+  - name: a
+    kind: monotonic
+    field: x
+    [weird]: 1
+    labels: {[k]: v}
+)yaml",
+                              "t.yaml");
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.diagnostics,
+              ::testing::Contains(DiagAt(5, 5, "field name must be")));
+}
+
+TEST(LoaderRobustnessTest, SecondDocumentIsAnErrorNotIgnored) {
+  LoadResult r = LoadRuleText(R"yaml(rules:
+  - {name: a, kind: monotonic, field: x}
+---
+rules:
+  - {name: b, kind: monotonic, field: y}
+)yaml",
+                              "t.yaml");
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.diagnostics[0].message, HasSubstr("one YAML document"));
+}
+
+TEST(LoaderRobustnessTest, DuplicateFieldsAreErrors) {
+  LoadResult r = LoadRuleText(R"yaml(rules:
+  - name: a
+    kind: always
+    always: x > 1
+    always: x > 2
+)yaml",
+                              "t.yaml");
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.diagnostics,
+              ::testing::Contains(DiagAt(5, 5, "duplicate field 'always'")));
+}
+
+TEST(LoaderRobustnessTest, ErrorsInFoldedAndQuotedScalarsAreLocated) {
+  // Folded block: the bad token is on the second content line.
+  LoadResult folded = LoadRuleText(R"yaml(rules:
+  - name: a
+    kind: always
+    always: >-
+      x > 1 &&
+        y.foo(1)
+)yaml",
+                                   "t.yaml");
+  ASSERT_FALSE(folded.ok());
+  EXPECT_EQ(folded.diagnostics[0].line, 6)
+      << FormatDiagnostic(folded.diagnostics[0]);
+  EXPECT_EQ(folded.diagnostics[0].column, 11)
+      << FormatDiagnostic(folded.diagnostics[0]);
+  // Escapes before the error shift the source column, not the value's.
+  LoadResult quoted = LoadRuleText(
+      "rules:\n  - {name: a, kind: always, always: \"s == \\\"q\\\" && "
+      "y.foo(1)\"}\n",
+      "t.yaml");
+  ASSERT_FALSE(quoted.ok());
+  const Diagnostic& d = quoted.diagnostics[0];
+  EXPECT_EQ(d.line, 2);
+  EXPECT_EQ(d.snippet.substr(d.column - 1, 3), "foo") << FormatDiagnostic(d);
+}
+
+TEST(LoaderRobustnessTest, TransitionWithoutGraphIsLocatedAtTheRule) {
+  LoadResult r = LoadRuleText(R"yaml(rules:
+  - name: t
+    kind: transition
+    field: s
+)yaml",
+                              "t.yaml");
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.diagnostics,
+              ::testing::Contains(DiagAt(2, 5, "needs 'transitions'")));
 }
 
 }  // namespace

@@ -31,8 +31,8 @@ struct GenEvent {
   int id = 0;
 };
 
-const int64_t kExtremes[] = {INT64_MIN, INT64_MIN + 1, -1, 0, 1,
-                             INT64_MAX - 1, INT64_MAX};
+const int64_t kExtremes[] = {INT64_MIN, INT64_MIN + 1, -1,       0,
+                             1,         INT64_MAX - 1, INT64_MAX};
 
 rc::Gen<GenEvent> GenEvents() {
   return rc::gen::apply(
@@ -91,9 +91,11 @@ std::vector<Found> RunEngine(const std::string& rule_yaml,
   std::string text;
   for (const GenEvent& e : events) absl::StrAppend(&text, Line(e), "\n");
   std::vector<Found> got;
-  RC_ASSERT((*r)->ProcessText(text, "gen", [&](const Violation& v) {
-                  got.emplace_back(v.line, v.reason);
-                }).ok());
+  RC_ASSERT((*r)->ProcessText(text, "gen",
+                              [&](const Violation& v) {
+                                got.emplace_back(v.line, v.reason);
+                              })
+                .ok());
   return got;
 }
 
@@ -213,8 +215,8 @@ RC_GTEST_PROP(KindsProperty, TransitionMatchesReference, (bool allow_self)) {
       want.emplace_back(d.line, "after_terminal");
       continue;
     }
-    const bool ok = it->second == e.s ? allow_self
-                                      : edges.count({it->second, e.s}) > 0;
+    const bool ok =
+        it->second == e.s ? allow_self : edges.count({it->second, e.s}) > 0;
     if (!ok) want.emplace_back(d.line, "illegal_transition");
     it->second = e.s;
   }
@@ -285,11 +287,11 @@ RC_GTEST_PROP(KindsProperty, AlwaysMatchesReference, ()) {
 RC_GTEST_PROP(KindsProperty, RedeliveryChangesNothing, ()) {
   auto events = *rc::gen::container<std::vector<GenEvent>>(GenEvents());
   for (size_t i = 0; i < events.size(); ++i) events[i].id = static_cast<int>(i);
-  const std::string yaml = absl::StrCat(
-      kHeader,
-      "  - {name: m, kind: monotonic, key: [k], field: v}\n"
-      "  - {name: q, kind: sequence, key: [k], field: w}\n"
-      "  - {name: u, kind: unique, key: [k], field: v}\n");
+  const std::string yaml =
+      absl::StrCat(kHeader,
+                   "  - {name: m, kind: monotonic, key: [k], field: v}\n"
+                   "  - {name: q, kind: sequence, key: [k], field: w}\n"
+                   "  - {name: u, kind: unique, key: [k], field: v}\n");
   const auto once = RunEngine(yaml, events, 1 << 16);
   const size_t cut = *rc::gen::inRange<size_t>(0, events.size() + 1);
   std::vector<GenEvent> twice = events;

@@ -48,7 +48,8 @@ struct PackRun {
   uint64_t rejected = 0;
 };
 
-PackRun RunPack(const std::string& pack, const std::vector<std::string>& lines) {
+PackRun RunPack(const std::string& pack,
+                const std::vector<std::string>& lines) {
   LoadResult loaded = LoadRuleFiles({Repo("rules/packs/" + pack)});
   EXPECT_TRUE(loaded.ok());
   PackRun run;
@@ -56,9 +57,11 @@ PackRun RunPack(const std::string& pack, const std::vector<std::string>& lines) 
   auto r = Replayer::Create(loaded.rules, ReplayerOptions{});
   EXPECT_TRUE(r.ok());
   const std::string text = absl::StrJoin(lines, "\n") + "\n";
-  EXPECT_TRUE((*r)->ProcessText(text, "corpus", [&](const Violation& v) {
-                   run.hits.emplace(v.line, v.rule);
-                 }).ok());
+  EXPECT_TRUE((*r)->ProcessText(text, "corpus",
+                                [&](const Violation& v) {
+                                  run.hits.emplace(v.line, v.rule);
+                                })
+                  .ok());
   for (const RuleStats& s : (*r)->engine().Stats()) {
     run.stats.emplace_back(s.rule->name, s.counters);
   }
@@ -81,9 +84,9 @@ TEST_P(CleanCorpusTest, NoViolationsAndEveryRuleEvaluates) {
   for (const std::string& f : c.files) {
     // Each file is its own cluster: a fresh engine per file.
     const PackRun run = RunPack(c.pack, ReadLines(Corpus(f)));
-    EXPECT_TRUE(run.hits.empty()) << f << ": first false positive at line "
-                                  << run.hits.begin()->first << " by "
-                                  << run.hits.begin()->second;
+    EXPECT_TRUE(run.hits.empty())
+        << f << ": first false positive at line " << run.hits.begin()->first
+        << " by " << run.hits.begin()->second;
     EXPECT_EQ(run.rejected, 0u) << f;
     for (const auto& [name, counters] : run.stats) {
       evaluated[name] += counters.evaluated;
@@ -98,9 +101,9 @@ TEST_P(CleanCorpusTest, NoViolationsAndEveryRuleEvaluates) {
 INSTANTIATE_TEST_SUITE_P(
     Packs, CleanCorpusTest,
     ::testing::Values(
-        CleanCase{"etcd-raft.yaml",
-                  {"etcd-raft/trace-3node.ndjson",
-                   "etcd-raft/trace-10node.ndjson"}},
+        CleanCase{
+            "etcd-raft.yaml",
+            {"etcd-raft/trace-3node.ndjson", "etcd-raft/trace-10node.ndjson"}},
         CleanCase{"ccf-raft.yaml",
                   {"ccf/check_quorum.ndjson", "ccf/election.ndjson",
                    "ccf/late_candidate.ndjson", "ccf/reconnect.ndjson",
@@ -169,11 +172,15 @@ class EtcdMutationTest : public ::testing::TestWithParam<std::string> {
 TEST_P(EtcdMutationTest, TermRegressionIsCaughtOnItsLine) {
   const size_t i = FindLine(docs_, [&](size_t i) {
     const size_t p = Prev(docs_, i);
-    return Follower(i) && E(i)["state"]["term"] >= 2 && p != std::string::npos &&
+    return Follower(i) && E(i)["state"]["term"] >= 2 &&
+           p != std::string::npos &&
            E(p)["state"]["term"] == E(i)["state"]["term"];
   });
-  Expect(i, [](Json& d) { d["event"]["state"]["term"] =
-                              d["event"]["state"]["term"].get<int>() - 1; },
+  Expect(i,
+         [](Json& d) {
+           d["event"]["state"]["term"] =
+               d["event"]["state"]["term"].get<int>() - 1;
+         },
          {"etcd-raft-term-never-regresses"});
 }
 
@@ -185,8 +192,11 @@ TEST_P(EtcdMutationTest, CommitRegressionIsCaughtOnItsLine) {
            E(p)["state"]["commit"] == c &&
            (!E(i).contains("applied") || E(i)["applied"] <= c - 1);
   });
-  Expect(i, [](Json& d) { d["event"]["state"]["commit"] =
-                              d["event"]["state"]["commit"].get<int>() - 1; },
+  Expect(i,
+         [](Json& d) {
+           d["event"]["state"]["commit"] =
+               d["event"]["state"]["commit"].get<int>() - 1;
+         },
          {"etcd-raft-commit-never-regresses"});
 }
 
@@ -213,8 +223,10 @@ TEST_P(EtcdMutationTest, CommitBeyondLogIsCaughtOnItsLine) {
   const size_t i = FindLine(docs_, [&](size_t i) {
     return E(i)["state"]["commit"] >= 1 && E(i)["log"] >= 1;
   });
-  Expect(i, [](Json& d) { d["event"]["log"] =
-                              d["event"]["state"]["commit"].get<int>() - 1; },
+  Expect(i,
+         [](Json& d) {
+           d["event"]["log"] = d["event"]["state"]["commit"].get<int>() - 1;
+         },
          {"etcd-raft-commit-within-log"});
 }
 
@@ -242,8 +254,8 @@ std::string CcfNode(const Json& d) {
   return d["msg"]["state"]["node_id"];
 }
 bool CcfRaft(const Json& d) {
-  return d["tag"] == "raft_trace" ||
-         (d["msg"].contains("event") && d["msg"]["event"]["component"] == "raft");
+  return d["tag"] == "raft_trace" || (d["msg"].contains("event") &&
+                                      d["msg"]["event"]["component"] == "raft");
 }
 
 class CcfMutationTest : public ::testing::TestWithParam<std::string> {};
@@ -314,9 +326,9 @@ TEST(K8sAuditMutationTest, StageAfterCompletionIsCaughtOnItsLine) {
   std::vector<std::string> lines =
       ReadLines(Corpus("k8s-audit/audit2rbac-demo.log"));
   const std::vector<Json> docs = Parse(lines);
-  const size_t i = FindLine(docs, [&](size_t i) {
-    return docs[i]["stage"] == "ResponseComplete";
-  }, 100);
+  const size_t i = FindLine(
+      docs, [&](size_t i) { return docs[i]["stage"] == "ResponseComplete"; },
+      100);
   // A forged record for the same request, inserted right after completion.
   Json forged = docs[i];
   forged["stage"] = "ResponseStarted";
