@@ -21,7 +21,8 @@ constexpr size_t kExtraRemembered = 8;
 constexpr size_t kPreviewBytes = 120;
 
 Hash128 ValueHash(const Value& v) {
-  TupleHasher h;
+  thread_local TupleHasher h;  // keeps its buffer: no allocation per event
+  h.Clear();
   h.Add(v);
   return h.Finish();
 }

@@ -56,11 +56,11 @@ class UniqueState final : public RuleState {
       if (!seq.is_int()) return ObserveStatus::kTypeError;
       stamp = seq.int_value();
     }
-    TupleHasher h;
-    h.AddU64(in.key.lo);
-    h.AddU64(in.key.hi);
-    h.Add(v);
-    const Hash128 slot_key = h.Finish();
+    hasher_.Clear();
+    hasher_.AddU64(in.key.lo);
+    hasher_.AddU64(in.key.hi);
+    hasher_.Add(v);
+    const Hash128 slot_key = hasher_.Finish();
     if (table_.size() >= table_.max_keys() && WindowSize() > 0 &&
         table_.Find(slot_key) == nullptr) {
       SweepExpired(stamp);
@@ -122,6 +122,7 @@ class UniqueState final : public RuleState {
 
   const UniqueConfig* c_;
   KeyTable<UniqueEntry> table_;
+  TupleHasher hasher_;  // reused: no allocation per event
   int64_t ordinal_ = 0;
   bool swept_once_ = false;
   int64_t last_sweep_ = 0;
