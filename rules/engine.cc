@@ -8,7 +8,9 @@ namespace invariantd {
 Engine::Engine(std::shared_ptr<const RuleSet> rules, EngineOptions options)
     : rules_(std::move(rules)), options_(options) {
   for (const Rule& r : rules_->rules()) {
-    states_.push_back(r.config->NewState(r.max_keys, r.overflow));
+    const size_t shards = options_.shards == 0 ? 1 : options_.shards;
+    states_.push_back(
+        r.config->NewState((r.max_keys + shards - 1) / shards, r.overflow));
   }
   counters_.resize(rules_->rules().size());
   scratch_ = NewPrepared();
@@ -109,18 +111,28 @@ bool Engine::Process(const Event& event, std::vector<Violation>* out) {
   return Commit(event, scratch_, out);
 }
 
+bool Engine::IsRedelivery(const Hash128& identity) {
+  ++events_;
+  if (!SeenRecently(identity)) return false;
+  ++redelivered_;
+  return true;
+}
+
 bool Engine::Commit(const Event& event, const PreparedEvent& p,
                     std::vector<Violation>* out) {
-  ++events_;
-  if (SeenRecently(p.identity)) {
-    ++redelivered_;
-    return false;
-  }
+  if (IsRedelivery(p.identity)) return false;
+  Evaluate(event, p, nullptr, out);
+  return true;
+}
+
+void Engine::Evaluate(const Event& event, const PreparedEvent& p,
+                      const uint8_t* mask, std::vector<Violation>* out) {
   ObserveInput in;
   in.event = &event;
   in.identity = p.identity;
   const std::vector<Rule>& rules = rules_->rules();
   for (size_t i = 0; i < rules.size(); ++i) {
+    if (mask != nullptr && mask[i] == 0) continue;
     const Rule& rule = rules[i];
     RuleCounters& c = counters_[i];
     if (p.rule_filtered[i]) {
@@ -156,7 +168,6 @@ bool Engine::Commit(const Event& event, const PreparedEvent& p,
       out->push_back(MakeViolation(rule, event, in.key, std::move(*finding)));
     }
   }
-  return true;
 }
 
 Violation Engine::MakeViolation(const Rule& rule, const Event& event,

@@ -32,6 +32,10 @@ struct EngineOptions {
   // How many recent event identities are remembered for redelivery
   // detection (0 disables it).
   size_t dedupe_window = 1 << 16;
+  // When a rule's keys are split over this many engines (sharded
+  // evaluation), each engine tracks at most ceil(max_keys / shards) of them
+  // so the rule's total stays within its max_keys.
+  size_t shards = 1;
 };
 
 struct RuleCounters {
@@ -82,6 +86,14 @@ class Engine {
   void Prepare(const Event& event, PreparedEvent* p);
   bool Commit(const Event& event, const PreparedEvent& p,
               std::vector<Violation>* out);
+
+  // The parts of Commit, for sharded evaluation (sidecar/pipeline): one
+  // engine checks redelivery for the whole stream, then each shard's engine
+  // evaluates only the rules it owns for the event (`mask[i]` non-zero;
+  // null mask: all rules).
+  bool IsRedelivery(const Hash128& identity);
+  void Evaluate(const Event& event, const PreparedEvent& p, const uint8_t* mask,
+                std::vector<Violation>* out);
 
   uint64_t events() const { return events_; }
   uint64_t redelivered_events() const { return redelivered_; }

@@ -3,7 +3,9 @@
 #include <iostream>
 
 #include "CLI/CLI.hpp"
+#include "sidecar/app.h"
 #include "sidecar/commands.h"
+#include "sidecar/config.h"
 
 int main(int argc, char** argv) {
   using namespace invariantd;
@@ -49,6 +51,43 @@ int main(int argc, char** argv) {
   auto* tp = app.add_subcommand("test", "Run rule unit tests (YAML)");
   tp->add_option("files", test_files, "Test files")->required();
 
+  // run: flags override the config file, which overrides the defaults.
+  std::string run_config_path;
+  RunConfig flags;
+  std::vector<std::string> run_rules, run_tail, run_topics;
+  bool no_stdout = false;
+  auto* run = app.add_subcommand(
+      "run", "Run the sidecar: tail files, accept HTTP pushes, consume Kafka");
+  run->add_option("--config", run_config_path, "YAML configuration file");
+  run->add_option("--rules", run_rules, "Rule file or directory (repeatable)")
+      ->allow_extra_args(false)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  run->add_option("--tail", run_tail, "File glob to tail (repeatable)")
+      ->allow_extra_args(false)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  auto* listen = run->add_option("--listen", flags.listen,
+                                 "HTTP address for ingest, metrics, health");
+  auto* data_dir =
+      run->add_option("--data-dir", flags.data_dir, "State directory");
+  auto* brokers = run->add_option("--kafka-brokers", flags.kafka_brokers,
+                                  "Kafka bootstrap servers");
+  run->add_option("--kafka-topic", run_topics, "Kafka topic (repeatable)")
+      ->allow_extra_args(false)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  auto* group =
+      run->add_option("--kafka-group", flags.kafka_group, "Consumer group");
+  auto* token = run->add_option("--auth-token-file", flags.auth_token_file,
+                                "Bearer token for HTTP ingest");
+  auto* workers = run->add_option("--workers", flags.workers,
+                                  "Evaluation threads (keys are sharded)")
+                      ->check(CLI::Range(1, 64));
+  auto* log_level =
+      run->add_option("--log-level", flags.log_level,
+                      "debug|info|warning|error")
+          ->check(CLI::IsMember({"debug", "info", "warning", "error"}));
+  run->add_flag("--no-stdout", no_stdout,
+                "Do not print violations as JSON lines on stdout");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -64,5 +103,27 @@ int main(int argc, char** argv) {
   if (*vp)
     return RunValidate(validate_paths, validate_json, std::cout, std::cerr);
   if (*tp) return RunTest(test_files, std::cout);
+  if (*run) {
+    RunConfig config;
+    if (!run_config_path.empty()) {
+      const absl::Status st = LoadRunConfig(run_config_path, &config);
+      if (!st.ok()) {
+        std::cerr << st.message() << "\n";
+        return kExitError;
+      }
+    }
+    if (!run_rules.empty()) config.rules = run_rules;
+    if (!run_tail.empty()) config.tail = run_tail;
+    if (!run_topics.empty()) config.kafka_topics = run_topics;
+    if (*listen) config.listen = flags.listen;
+    if (*data_dir) config.data_dir = flags.data_dir;
+    if (*brokers) config.kafka_brokers = flags.kafka_brokers;
+    if (*group) config.kafka_group = flags.kafka_group;
+    if (*token) config.auth_token_file = flags.auth_token_file;
+    if (*workers) config.workers = flags.workers;
+    if (*log_level) config.log_level = flags.log_level;
+    if (no_stdout) config.stdout_violations = false;
+    return RunDaemon(config);
+  }
   return kExitError;
 }

@@ -1,0 +1,302 @@
+#include "exporters/prometheus/metrics.h"
+
+#include <exception>
+#include <map>
+#include <mutex>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "prometheus/counter.h"
+#include "prometheus/family.h"
+#include "prometheus/gauge.h"
+#include "prometheus/histogram.h"
+#include "prometheus/registry.h"
+#include "prometheus/text_serializer.h"
+#include "sidecar/core/sanitize.h"
+#include "sidecar/core/strings.h"
+
+namespace invariantd {
+
+using prometheus::Counter;
+using prometheus::Family;
+using prometheus::Gauge;
+using prometheus::Histogram;
+using prometheus::Labels;
+
+namespace {
+
+std::string Label(std::string_view value,
+                  size_t cap = Metrics::kMaxLabelValueBytes) {
+  return SanitizeText(value, cap);
+}
+
+// Bucket bounds for per-event rule evaluation, in seconds (1us .. 1s).
+Histogram::BucketBoundaries EvalBuckets() {
+  return {1e-6, 2.5e-6, 5e-6,   1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4,
+          5e-4, 1e-3,   2.5e-3, 5e-3, 1e-2,   0.1,  1.0};
+}
+
+}  // namespace
+
+struct Metrics::Impl {
+  explicit Impl(const std::string& version, size_t max_series)
+      : registry(std::make_shared<prometheus::Registry>()),
+        max_protocol_series(max_series),
+        build_info(prometheus::BuildGauge()
+                       .Name("invariantd_build_info")
+                       .Help("Build information; the value is always 1.")
+                       .Register(*registry)),
+        source_events(prometheus::BuildCounter()
+                          .Name("invariantd_source_events_total")
+                          .Help("Records read from a source.")
+                          .Register(*registry)),
+        source_rejected(prometheus::BuildCounter()
+                            .Name("invariantd_source_rejected_total")
+                            .Help("Records a source rejected, by reason.")
+                            .Register(*registry)),
+        source_redelivered(
+            prometheus::BuildCounter()
+                .Name("invariantd_source_redelivered_total")
+                .Help("Redelivered records recognized and not re-applied.")
+                .Register(*registry)),
+        source_lag_bytes(prometheus::BuildGauge()
+                             .Name("invariantd_source_lag_bytes")
+                             .Help("Bytes of a source not yet read.")
+                             .Register(*registry)),
+        kafka_lag(prometheus::BuildGauge()
+                      .Name("invariantd_kafka_consumer_lag_messages")
+                      .Help("Messages of a Kafka partition not yet consumed.")
+                      .Register(*registry)),
+        rule_violations(prometheus::BuildCounter()
+                            .Name("invariantd_rule_violations_total")
+                            .Help("Violations found, by rule and severity.")
+                            .Register(*registry)),
+        rule_eval(prometheus::BuildHistogram()
+                      .Name("invariantd_rule_eval_duration_seconds")
+                      .Help("Time to evaluate the rules on one event.")
+                      .Register(*registry)
+                      .Add({}, EvalBuckets())),
+        rule_keys(prometheus::BuildGauge()
+                      .Name("invariantd_rule_keys")
+                      .Help("Keys a rule tracks state for.")
+                      .Register(*registry)),
+        rule_overflow(
+            prometheus::BuildCounter()
+                .Name("invariantd_rule_overflow_total")
+                .Help("Keys a rule evicted or refused at its key limit "
+                      "(lost coverage).")
+                .Register(*registry)),
+        rule_skipped(prometheus::BuildCounter()
+                         .Name("invariantd_rule_skipped_total")
+                         .Help("Events a rule could not evaluate, by reason.")
+                         .Register(*registry)),
+        queue_depth(prometheus::BuildGauge()
+                        .Name("invariantd_queue_depth")
+                        .Help("Records waiting in a pipeline queue.")
+                        .Register(*registry)),
+        admission_rejected(
+            prometheus::BuildCounter()
+                .Name("invariantd_rejected_requests_due_to_admission_"
+                      "control_total")
+                .Help("Requests refused because a queue was full.")
+                .Register(*registry)),
+        checkpoint_age(prometheus::BuildGauge()
+                           .Name("invariantd_checkpoint_age_seconds")
+                           .Help("Seconds since the last committed checkpoint.")
+                           .Register(*registry)
+                           .Add({})),
+        reloads(prometheus::BuildCounter()
+                    .Name("invariantd_config_reloads_total")
+                    .Help("Configuration reloads, by result.")
+                    .Register(*registry)),
+        last_reload_ok(
+            prometheus::BuildGauge()
+                .Name("invariantd_config_last_reload_successful")
+                .Help("1 when the last configuration reload succeeded.")
+                .Register(*registry)
+                .Add({})),
+        http_requests(prometheus::BuildCounter()
+                          .Name("invariantd_http_requests_total")
+                          .Help("HTTP requests served, by status code.")
+                          .Register(*registry)),
+        protocol_state(
+            prometheus::BuildGauge()
+                .Name("invariantd_protocol_state")
+                .Help("Last value of a tracked protocol quantity per key.")
+                .Register(*registry)),
+        protocol_dropped(
+            prometheus::BuildCounter()
+                .Name("invariantd_protocol_state_series_dropped_total")
+                .Help("Protocol state updates dropped at the series cap.")
+                .Register(*registry)
+                .Add({})) {
+    build_info.Add({{"version", Label(version)}}).Set(1);
+    last_reload_ok.Set(1);
+  }
+
+  // Adds total - last (or total after a restart of the caller's count).
+  void SetTotal(Family<Counter>& family, Labels labels, uint64_t total) {
+    std::lock_guard<std::mutex> l(mu);
+    Counter& c = family.Add(labels);
+    uint64_t& last = last_totals[&c];
+    uint64_t delta = total >= last ? total - last : total;
+    last = total;
+    if (delta > 0) c.Increment(static_cast<double>(delta));
+  }
+
+  std::shared_ptr<prometheus::Registry> registry;
+  const size_t max_protocol_series;
+
+  Family<Gauge>& build_info;
+  Family<Counter>& source_events;
+  Family<Counter>& source_rejected;
+  Family<Counter>& source_redelivered;
+  Family<Gauge>& source_lag_bytes;
+  Family<Gauge>& kafka_lag;
+  Family<Counter>& rule_violations;
+  Histogram& rule_eval;
+  Family<Gauge>& rule_keys;
+  Family<Counter>& rule_overflow;
+  Family<Counter>& rule_skipped;
+  Family<Gauge>& queue_depth;
+  Family<Counter>& admission_rejected;
+  Gauge& checkpoint_age;
+  Family<Counter>& reloads;
+  Gauge& last_reload_ok;
+  Family<Counter>& http_requests;
+  Family<Gauge>& protocol_state;
+  Counter& protocol_dropped;
+
+  std::mutex mu;
+  std::map<const Counter*, uint64_t> last_totals;  // guarded by mu
+  // (sanitized name, sanitized key) -> series; guarded by mu.
+  std::map<std::pair<std::string, std::string>, Gauge*> protocol_series;
+};
+
+Metrics::Metrics(std::string version, size_t max_protocol_series)
+    : impl_(std::make_unique<Impl>(version, max_protocol_series)) {}
+
+Metrics::~Metrics() = default;
+
+void Metrics::SourceEvents(std::string_view kind, std::string_view source,
+                           uint64_t delta) {
+  impl_->source_events.Add({{"kind", Label(kind)}, {"source", Label(source)}})
+      .Increment(static_cast<double>(delta));
+}
+
+void Metrics::SourceRejected(std::string_view kind, std::string_view source,
+                             std::string_view reason, uint64_t delta) {
+  impl_->source_rejected
+      .Add({{"kind", Label(kind)},
+            {"source", Label(source)},
+            {"reason", Label(reason)}})
+      .Increment(static_cast<double>(delta));
+}
+
+void Metrics::SourceRedelivered(std::string_view kind, std::string_view source,
+                                uint64_t delta) {
+  impl_->source_redelivered
+      .Add({{"kind", Label(kind)}, {"source", Label(source)}})
+      .Increment(static_cast<double>(delta));
+}
+
+void Metrics::SourceLagBytes(std::string_view kind, std::string_view source,
+                             double bytes) {
+  impl_->source_lag_bytes
+      .Add({{"kind", Label(kind)}, {"source", Label(source)}})
+      .Set(bytes);
+}
+
+void Metrics::KafkaLag(std::string_view source, int32_t partition,
+                       double messages) {
+  impl_->kafka_lag
+      .Add({{"source", Label(source)}, {"partition", absl::StrCat(partition)}})
+      .Set(messages);
+}
+
+void Metrics::RuleViolation(std::string_view rule, std::string_view severity,
+                            uint64_t delta) {
+  impl_->rule_violations
+      .Add({{"rule", Label(rule)}, {"severity", Label(severity)}})
+      .Increment(static_cast<double>(delta));
+}
+
+void Metrics::RuleEvalLatency(double seconds) {
+  impl_->rule_eval.Observe(seconds);
+}
+
+void Metrics::RuleKeys(std::string_view rule, double keys) {
+  impl_->rule_keys.Add({{"rule", Label(rule)}}).Set(keys);
+}
+
+void Metrics::RuleOverflow(std::string_view rule, std::string_view policy,
+                           uint64_t total) {
+  impl_->SetTotal(impl_->rule_overflow,
+                  {{"rule", Label(rule)}, {"policy", Label(policy)}}, total);
+}
+
+void Metrics::RuleSkipped(std::string_view rule, std::string_view reason,
+                          uint64_t total) {
+  impl_->SetTotal(impl_->rule_skipped,
+                  {{"rule", Label(rule)}, {"reason", Label(reason)}}, total);
+}
+
+void Metrics::QueueDepth(std::string_view queue, double depth) {
+  impl_->queue_depth.Add({{"queue", Label(queue)}}).Set(depth);
+}
+
+void Metrics::AdmissionRejected(std::string_view reason, uint64_t delta) {
+  impl_->admission_rejected.Add({{"reason", Label(reason)}})
+      .Increment(static_cast<double>(delta));
+}
+
+void Metrics::CheckpointAge(double seconds) {
+  impl_->checkpoint_age.Set(seconds);
+}
+
+void Metrics::Reload(bool ok) {
+  impl_->reloads.Add({{"result", ok ? "success" : "failure"}}).Increment();
+  impl_->last_reload_ok.Set(ok ? 1 : 0);
+}
+
+void Metrics::HttpRequest(int code, uint64_t delta) {
+  std::string label =
+      code >= 100 && code <= 599 ? absl::StrCat(code) : std::string("other");
+  impl_->http_requests.Add({{"code", label}})
+      .Increment(static_cast<double>(delta));
+}
+
+void Metrics::ProtocolState(std::string_view name, std::string_view key,
+                            double value) {
+  std::pair<std::string, std::string> id(Label(name),
+                                         Label(key, kMaxProtocolKeyBytes));
+  std::lock_guard<std::mutex> l(impl_->mu);
+  auto it = impl_->protocol_series.find(id);
+  if (it == impl_->protocol_series.end()) {
+    if (impl_->protocol_series.size() >= impl_->max_protocol_series) {
+      impl_->protocol_dropped.Increment();
+      return;
+    }
+    Gauge& g =
+        impl_->protocol_state.Add({{"name", id.first}, {"key", id.second}});
+    it = impl_->protocol_series.emplace(std::move(id), &g).first;
+  }
+  it->second->Set(value);
+}
+
+size_t Metrics::protocol_series() const {
+  std::lock_guard<std::mutex> l(impl_->mu);
+  return impl_->protocol_series.size();
+}
+
+std::string Metrics::Exposition() const {
+  try {
+    return prometheus::TextSerializer().Serialize(impl_->registry->Collect());
+  } catch (const std::exception& e) {
+    return absl::StrCat("# exposition failed: ", SanitizeText(e.what(), 256),
+                        "\n");
+  }
+}
+
+}  // namespace invariantd

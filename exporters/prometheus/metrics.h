@@ -1,0 +1,113 @@
+// The process's metrics, declared once (exporters/prometheus/metrics.cc lists
+// every family with its name, type, help and labels) and exposed in the
+// Prometheus text format 0.0.4.
+//
+// prometheus-cpp is used only behind this header (it is not included here).
+//
+// Naming: every metric starts with `invariantd_`; counters end in `_total`;
+// units are base units (`_seconds`, `_bytes`). `invariantd_build_info
+// {version="..."} 1` carries the version.
+//
+// Labels: values are passed through SanitizeText with a cap of
+// kMaxLabelValueBytes (so no control character or unbounded string reaches
+// the exposition). Label values must come from configuration (source and
+// rule names, fixed reason codes), never from event data -- with one
+// exception, ProtocolState's `key`, whose series count is hard-capped: beyond
+// `max_protocol_series` distinct (name, key) pairs, updates of new pairs are
+// dropped and counted in invariantd_protocol_state_series_dropped_total.
+//
+// "Set to a total" counters (RuleOverflow, RuleSkipped): the caller reports
+// the cumulative total it keeps; the counter grows by the difference from the
+// last reported total. A total lower than the last one means the caller's
+// count restarted (e.g. a reload built new state): the counter then grows by
+// the new total, so it never goes down.
+//
+// Thread-safety: every method may be called concurrently.
+#ifndef INVARIANTD_EXPORTERS_PROMETHEUS_METRICS_H_
+#define INVARIANTD_EXPORTERS_PROMETHEUS_METRICS_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+
+namespace invariantd {
+
+class Metrics {
+ public:
+  static constexpr size_t kMaxLabelValueBytes = 128;
+  static constexpr size_t kMaxProtocolKeyBytes = 64;
+  static constexpr size_t kDefaultMaxProtocolSeries = 1000;
+
+  explicit Metrics(std::string version,
+                   size_t max_protocol_series = kDefaultMaxProtocolSeries);
+  ~Metrics();
+
+  Metrics(const Metrics&) = delete;
+  Metrics& operator=(const Metrics&) = delete;
+
+  // --- sources (kind: "file" | "http" | "kafka"; name: configured name) ---
+  // invariantd_source_events_total{kind,source}
+  void SourceEvents(std::string_view kind, std::string_view source,
+                    uint64_t delta);
+  // invariantd_source_rejected_total{kind,source,reason}
+  void SourceRejected(std::string_view kind, std::string_view source,
+                      std::string_view reason, uint64_t delta);
+  // invariantd_source_redelivered_total{kind,source}
+  void SourceRedelivered(std::string_view kind, std::string_view source,
+                         uint64_t delta);
+  // invariantd_source_lag_bytes{kind,source}: bytes not yet read (file).
+  void SourceLagBytes(std::string_view kind, std::string_view source,
+                      double bytes);
+  // invariantd_kafka_consumer_lag_messages{source,partition}
+  void KafkaLag(std::string_view source, int32_t partition, double messages);
+
+  // --- rules ---
+  // invariantd_rule_violations_total{rule,severity}
+  void RuleViolation(std::string_view rule, std::string_view severity,
+                     uint64_t delta = 1);
+  // invariantd_rule_eval_duration_seconds (histogram)
+  void RuleEvalLatency(double seconds);
+  // invariantd_rule_keys{rule}: keys tracked now.
+  void RuleKeys(std::string_view rule, double keys);
+  // invariantd_rule_overflow_total{rule,policy}; policy "evicted" |
+  // "rejected"; `total` is cumulative (see above).
+  void RuleOverflow(std::string_view rule, std::string_view policy,
+                    uint64_t total);
+  // invariantd_rule_skipped_total{rule,reason}; `total` is cumulative.
+  void RuleSkipped(std::string_view rule, std::string_view reason,
+                   uint64_t total);
+
+  // --- pipeline ---
+  // invariantd_queue_depth{queue}: records queued now.
+  void QueueDepth(std::string_view queue, double depth);
+  // invariantd_rejected_requests_due_to_admission_control_total{reason}
+  void AdmissionRejected(std::string_view reason, uint64_t delta = 1);
+  // invariantd_checkpoint_age_seconds
+  void CheckpointAge(double seconds);
+  // invariantd_config_reloads_total{result="success"|"failure"} and
+  // invariantd_config_last_reload_successful (1 or 0).
+  void Reload(bool ok);
+  // invariantd_http_requests_total{code}; codes outside 100..599 are counted
+  // as code="other".
+  void HttpRequest(int code, uint64_t delta = 1);
+
+  // --- protocol state (capped) ---
+  // invariantd_protocol_state{name,key} = value.
+  void ProtocolState(std::string_view name, std::string_view key, double value);
+  size_t protocol_series() const;
+
+  // The whole registry in the text format 0.0.4.
+  std::string Exposition() const;
+  static constexpr std::string_view kContentType =
+      "text/plain; version=0.0.4; charset=utf-8";
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace invariantd
+
+#endif  // INVARIANTD_EXPORTERS_PROMETHEUS_METRICS_H_

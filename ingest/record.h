@@ -1,0 +1,104 @@
+// Record: one raw input record on its way from a source to the pipeline,
+// owned, with its position. RecordSink: where sources deliver records.
+// Acker: how a source learns that a record was fully processed.
+//
+// Sources (file tail, HTTP push, Kafka) run on their own threads and hand
+// Records to a RecordSink (the pipeline). The sink is bounded: a full sink
+// is backpressure, never an unbounded buffer --
+//   - Push() blocks until there is room (file tail: reading waits);
+//   - TryPushBatch() admits a whole batch or nothing (HTTP: 429; Kafka:
+//     pause the partition and retry).
+// When the pipeline has finished with a record (evaluated, or rejected by
+// the decoder), it calls record.acker->Processed(record.ack_seq) exactly
+// once, from a pipeline thread. Records of one stream may complete out of
+// order when evaluation is sharded over several workers; a source that
+// needs an in-order watermark (Kafka offsets, file positions) computes it
+// itself (see AckWatermark).
+#ifndef INVARIANTD_INGEST_RECORD_H_
+#define INVARIANTD_INGEST_RECORD_H_
+
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace invariantd {
+
+class Acker {
+ public:
+  virtual ~Acker() = default;
+  // Called once per record with the record's ack_seq. Thread-safe.
+  virtual void Processed(uint64_t ack_seq) = 0;
+};
+
+struct Record {
+  // --- position (deterministic: violation ids are built from it) ---
+  std::string source;   // file path, "kafka:<topic>/<partition>", "http"
+  uint64_t line = 0;    // file: 1-based line; http: index in the batch
+  uint64_t offset = 0;  // file: byte offset; kafka: offset; http: batch id
+  // --- content ---
+  std::string bytes;      // the record, without its newline
+  bool too_long = false;  // over the line limit: bytes is empty
+  uint64_t length = 0;    // original length in bytes
+  // --- source metadata exposed to rules as $-fields ---
+  std::vector<std::pair<std::string, std::string>> meta;
+  // --- acknowledgement ---
+  Acker* acker = nullptr;  // may be null
+  uint64_t ack_seq = 0;
+};
+
+class RecordSink {
+ public:
+  virtual ~RecordSink() = default;
+  // Blocks until the record is admitted; false when the pipeline is
+  // stopping (the record was not admitted).
+  virtual bool Push(Record record) = 0;
+  // Admits all of `batch` (moving from it) or nothing; false when there is
+  // no room for the whole batch now (or the pipeline is stopping).
+  virtual bool TryPushBatch(std::vector<Record>* batch) = 0;
+};
+
+// Tracks out-of-order completions of an in-order sequence and reports the
+// highest sequence number below which everything has completed. Sequence
+// numbers are issued by Begin() in increasing order. Thread-safe.
+class AckWatermark {
+ public:
+  // Registers the next sequence number; returns it.
+  uint64_t Begin() {
+    std::lock_guard<std::mutex> l(mu_);
+    pending_.emplace(next_, false);
+    return next_++;
+  }
+  // Marks `seq` complete. Returns the count of sequence numbers now known
+  // complete from the start (the watermark), which only grows.
+  uint64_t Complete(uint64_t seq) {
+    std::lock_guard<std::mutex> l(mu_);
+    auto it = pending_.find(seq);
+    if (it != pending_.end()) it->second = true;
+    while (!pending_.empty() && pending_.begin()->second) {
+      watermark_ = pending_.begin()->first + 1;
+      pending_.erase(pending_.begin());
+    }
+    return watermark_;
+  }
+  uint64_t watermark() const {
+    std::lock_guard<std::mutex> l(mu_);
+    return watermark_;
+  }
+  size_t in_flight() const {
+    std::lock_guard<std::mutex> l(mu_);
+    return pending_.size();
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::map<uint64_t, bool> pending_;
+  uint64_t next_ = 0;
+  uint64_t watermark_ = 0;
+};
+
+}  // namespace invariantd
+
+#endif  // INVARIANTD_INGEST_RECORD_H_

@@ -1,0 +1,61 @@
+// App: the composition root of `invariantd run`. Wires the services up in
+// order and stops them in reverse:
+//
+//   start: rules -> data dir -> metrics -> pipeline (+ violation output)
+//          -> HTTP server (ingest, /metrics, /healthz, /readyz)
+//          -> sources (file tail, Kafka) -> housekeeping thread
+//   stop:  sources -> HTTP server -> pipeline drain (every admitted record
+//          evaluated and acknowledged) -> final position checkpoint
+//
+// Thread-safety: Start/Stop/Run from the main thread; RequestStop is
+// async-signal-agnostic (call it from the signal-waiting thread).
+#ifndef INVARIANTD_SIDECAR_APP_H_
+#define INVARIANTD_SIDECAR_APP_H_
+
+#include <atomic>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "sidecar/config.h"
+
+namespace invariantd {
+
+class App {
+ public:
+  explicit App(RunConfig config);
+  ~App();
+
+  // Starts every service; on error, stops what was started and returns it.
+  absl::Status Start();
+  // Blocks until RequestStop, then stops everything. Returns the exit code.
+  int Run();
+  void RequestStop();
+  // The HTTP port actually bound (useful with port 0).
+  int port() const;
+
+ private:
+  struct Services;
+  void Housekeeping();
+  void Checkpoint();
+  void StopAll();
+
+  RunConfig config_;
+  std::unique_ptr<Services> s_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_requested_ = false;
+  std::thread housekeeping_;
+};
+
+// `invariantd run`: blocks signals, starts the App, waits for SIGTERM or
+// SIGINT (stop) and SIGHUP, and returns the exit status.
+int RunDaemon(const RunConfig& config);
+
+}  // namespace invariantd
+
+#endif  // INVARIANTD_SIDECAR_APP_H_

@@ -1,0 +1,205 @@
+#include "sidecar/config.h"
+
+#include <functional>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "re2/re2.h"
+#include "sidecar/core/strings.h"
+#include "yaml-cpp/yaml.h"
+
+namespace invariantd {
+namespace {
+
+class Reader {
+ public:
+  explicit Reader(std::string file) : file_(std::move(file)) {}
+
+  void Error(const YAML::Node& n, const std::string& msg) {
+    const YAML::Mark m = n.Mark();
+    errors_.push_back(
+        absl::StrCat(file_, ":", m.line + 1, ":", m.column + 1, ": ", msg));
+  }
+
+  using Handler = std::function<void(const YAML::Node&)>;
+
+  // Dispatches each key of mapping `n` to its handler; unknown keys and
+  // duplicates are errors.
+  void Map(const YAML::Node& n, std::string_view where,
+           const std::map<std::string, Handler>& handlers) {
+    if (!n.IsMap()) {
+      Error(n, absl::StrCat(AV(where), " must be a mapping"));
+      return;
+    }
+    std::map<std::string, bool> seen;
+    for (const auto& kv : n) {
+      if (!kv.first.IsScalar()) {
+        Error(kv.first, "a key must be a plain string");
+        continue;
+      }
+      const std::string k = kv.first.Scalar();
+      if (seen[k]) {
+        Error(kv.first, absl::StrCat("duplicate key '", k, "'"));
+        continue;
+      }
+      seen[k] = true;
+      auto it = handlers.find(k);
+      if (it == handlers.end()) {
+        std::vector<std::string> names;
+        for (const auto& [name, h] : handlers) names.push_back(name);
+        Error(kv.first,
+              absl::StrCat("unknown key '", k, "' in ", AV(where),
+                           " (known: ", absl::StrJoin(names, ", "), ")"));
+        continue;
+      }
+      it->second(kv.second);
+    }
+  }
+
+  Handler String(std::string* out) {
+    return [this, out](const YAML::Node& n) {
+      if (!n.IsScalar()) return Error(n, "expected a string");
+      *out = n.Scalar();
+    };
+  }
+  Handler Strings(std::vector<std::string>* out) {
+    return [this, out](const YAML::Node& n) {
+      if (n.IsScalar()) {
+        out->assign(1, n.Scalar());
+        return;
+      }
+      if (!n.IsSequence()) return Error(n, "expected a list of strings");
+      out->clear();
+      for (const YAML::Node& e : n) {
+        if (!e.IsScalar()) return Error(e, "expected a string");
+        out->push_back(e.Scalar());
+      }
+    };
+  }
+  Handler Bool(bool* out) {
+    return [this, out](const YAML::Node& n) {
+      if (!n.IsScalar() || !YAML::convert<bool>::decode(n, *out)) {
+        Error(n, "expected true or false");
+      }
+    };
+  }
+  template <typename T>
+  Handler Int(T* out, long long min, long long max) {
+    return [this, out, min, max](const YAML::Node& n) {
+      long long v;
+      if (!n.IsScalar() || !YAML::convert<long long>::decode(n, v) || v < min ||
+          v > max) {
+        return Error(
+            n, absl::StrCat("expected an integer from ", min, " to ", max));
+      }
+      *out = static_cast<T>(v);
+    };
+  }
+  Handler StringMap(std::map<std::string, std::string>* out) {
+    return [this, out](const YAML::Node& n) {
+      if (!n.IsMap()) return Error(n, "expected a mapping of strings");
+      for (const auto& kv : n) {
+        if (!kv.first.IsScalar() || !kv.second.IsScalar()) {
+          Error(kv.first, "expected string keys and values");
+          continue;
+        }
+        (*out)[kv.first.Scalar()] = kv.second.Scalar();
+      }
+    };
+  }
+
+  const std::vector<std::string>& errors() const { return errors_; }
+
+ private:
+  std::string file_;
+  std::vector<std::string> errors_;
+};
+
+}  // namespace
+
+absl::Status LoadRunConfig(const std::string& path, RunConfig* c) {
+  YAML::Node root;
+  try {
+    root = YAML::LoadFile(path);
+  } catch (const YAML::BadFile&) {
+    return absl::NotFoundError(absl::StrCat(path, ": cannot read file"));
+  } catch (const YAML::Exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        path, ":", e.mark.line + 1, ":", e.mark.column + 1, ": ", e.msg));
+  }
+  Reader r(path);
+  if (root.IsNull()) return absl::OkStatus();  // empty file: defaults
+  r.Map(root, "the configuration",
+        {{"rules", r.Strings(&c->rules)},
+         {"listen", r.String(&c->listen)},
+         {"data_dir", r.String(&c->data_dir)},
+         {"workers", r.Int(&c->workers, 1, 64)},
+         {"stdout", r.Bool(&c->stdout_violations)},
+         {"log_level", r.String(&c->log_level)},
+         {"queue_capacity", r.Int(&c->queue_capacity, 16, 1 << 24)},
+         {"shutdown_timeout_ms", r.Int(&c->shutdown_timeout_ms, 0, 600000)},
+         {"checkpoint_interval_ms",
+          r.Int(&c->checkpoint_interval_ms, 10, 600000)},
+         {"input",
+          [&](const YAML::Node& n) {
+            r.Map(n, "input",
+                  {{"format", r.String(&c->input_format)},
+                   {"pattern", r.String(&c->pattern)},
+                   {"max_line_bytes", r.Int(&c->max_line_bytes, 64, 1LL << 30)},
+                   {"dedupe_window", r.Int(&c->dedupe_window, 0, 1 << 24)}});
+          }},
+         {"tail",
+          [&](const YAML::Node& n) {
+            r.Map(n, "tail",
+                  {{"paths", r.Strings(&c->tail)},
+                   {"poll_interval_ms",
+                    r.Int(&c->tail_poll_interval_ms, 10, 60000)}});
+          }},
+         {"http",
+          [&](const YAML::Node& n) {
+            r.Map(n, "http",
+                  {{"ingest", r.Bool(&c->http_ingest)},
+                   {"auth_token_file", r.String(&c->auth_token_file)},
+                   {"max_body_bytes",
+                    r.Int(&c->http_max_body_bytes, 1024, 1LL << 30)},
+                   {"max_events", r.Int(&c->http_max_events, 1, 1 << 24)}});
+          }},
+         {"kafka", [&](const YAML::Node& n) {
+            r.Map(n, "kafka",
+                  {{"brokers", r.String(&c->kafka_brokers)},
+                   {"topics", r.Strings(&c->kafka_topics)},
+                   {"group", r.String(&c->kafka_group)},
+                   {"config", r.StringMap(&c->kafka_config)}});
+          }}});
+  if (!r.errors().empty()) {
+    return absl::InvalidArgumentError(absl::StrJoin(r.errors(), "\n"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateRunConfig(const RunConfig& c) {
+  std::vector<std::string> errors;
+  if (c.rules.empty()) errors.push_back("no rules: give --rules or 'rules'");
+  static const LazyRE2 kListen = {R"((\[[0-9a-fA-F:.]+\]|[^:\s]+):(\d{1,5}))"};
+  int port = 0;
+  if (!RE2::FullMatch(c.listen, *kListen, static_cast<void*>(nullptr), &port) ||
+      port > 65535) {
+    errors.push_back(
+        absl::StrCat("listen address '", c.listen, "' is not HOST:PORT"));
+  }
+  if (c.workers < 1 || c.workers > 64) {
+    errors.push_back("workers must be from 1 to 64");
+  }
+  if (!c.kafka_topics.empty() && c.kafka_brokers.empty()) {
+    errors.push_back("kafka topics given without kafka brokers");
+  }
+  if (!c.kafka_brokers.empty() && c.kafka_topics.empty()) {
+    errors.push_back("kafka brokers given without a topic");
+  }
+  if (!errors.empty()) {
+    return absl::InvalidArgumentError(absl::StrJoin(errors, "\n"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace invariantd

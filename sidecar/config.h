@@ -1,0 +1,60 @@
+// RunConfig: the configuration of `invariantd run`, from a YAML file
+// (docs/configuration.md) with command-line flags applied on top.
+//
+// Unknown keys are errors, like in rule files; every problem is reported
+// with file:line:column, all at once.
+#ifndef INVARIANTD_SIDECAR_CONFIG_H_
+#define INVARIANTD_SIDECAR_CONFIG_H_
+
+#include <cstddef>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace invariantd {
+
+struct RunConfig {
+  std::vector<std::string> rules;
+  std::string listen = "127.0.0.1:9464";
+  std::string data_dir = "./data";
+  int workers = 2;
+  bool stdout_violations = true;
+  std::string log_level = "info";
+  // input
+  std::string input_format;  // empty: the rule files' `input`, else json
+  std::string pattern;
+  size_t max_line_bytes = 1 << 20;
+  size_t dedupe_window = 1 << 16;
+  size_t queue_capacity = 65536;
+  // file tail
+  std::vector<std::string> tail;
+  int tail_poll_interval_ms = 200;
+  // HTTP push
+  bool http_ingest = true;
+  std::string auth_token_file;
+  size_t http_max_body_bytes = 8 << 20;
+  size_t http_max_events = 10000;
+  // Kafka
+  std::string kafka_brokers;
+  std::vector<std::string> kafka_topics;
+  std::string kafka_group = "invariantd";
+  std::map<std::string, std::string> kafka_config;
+  // lifecycle
+  int shutdown_timeout_ms = 10000;
+  int checkpoint_interval_ms = 1000;
+};
+
+// Reads `path` into `config` (fields present in the file override the
+// defaults already in `config`). Errors: InvalidArgument listing every
+// problem as "file:line:col: message", one per line.
+absl::Status LoadRunConfig(const std::string& path, RunConfig* config);
+
+// Checks cross-field constraints after flags are applied (e.g. at least
+// one source, workers in range, listen address syntax).
+absl::Status ValidateRunConfig(const RunConfig& config);
+
+}  // namespace invariantd
+
+#endif  // INVARIANTD_SIDECAR_CONFIG_H_

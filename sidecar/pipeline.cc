@@ -1,0 +1,301 @@
+#include "sidecar/pipeline.h"
+
+#include <chrono>
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "sidecar/replayer.h"
+
+namespace invariantd {
+
+// One event in flight between the dispatcher and the workers. Owns every
+// byte its Values point at: the record (raw bytes, source name, metadata)
+// and an arena for strings the decoder unescaped into its own buffers.
+struct Pipeline::Work {
+  Record record;
+  std::string raw;    // record bytes + kLinePadding
+  std::string arena;  // copies of decoder-owned strings
+  Event event;
+  PreparedEvent prepared;
+  std::vector<uint16_t> shard;  // by rule: which worker evaluates it
+  std::atomic<int> remaining{0};
+};
+
+struct Pipeline::Worker {
+  explicit Worker(std::shared_ptr<const RuleSet> rules, size_t capacity,
+                  EngineOptions engine)
+      : queue(capacity), engine(std::move(rules), engine) {}
+  int index = 0;
+  BoundedQueue<Work*> queue;
+  Engine engine;  // state of the keys that hash to this worker
+  std::thread thread;
+  std::vector<uint8_t> mask;
+  std::chrono::steady_clock::time_point last_publish;
+  mutable std::mutex mu;
+  std::vector<RuleStats> published ABSL_GUARDED_BY(mu);
+};
+
+absl::StatusOr<std::unique_ptr<Pipeline>> Pipeline::Create(
+    std::shared_ptr<const RuleSet> rules, PipelineOptions options,
+    ViolationFn on_violation) {
+  if (options.workers < 1 || options.workers > 64) {
+    return absl::InvalidArgumentError("workers must be from 1 to 64");
+  }
+  DecoderOptions dopts;
+  if (options.decoder.has_value()) {
+    dopts = *options.decoder;
+  } else {
+    auto d = DecoderOptionsFor(*rules);
+    if (!d.ok()) return d.status();
+    dopts = *d;
+  }
+  auto decoder = MakeDecoder(dopts, rules->fields());
+  if (!decoder.ok()) return decoder.status();
+  std::unique_ptr<Pipeline> p(new Pipeline(std::move(rules), std::move(options),
+                                           std::move(on_violation)));
+  p->decoder_ = *std::move(decoder);
+  return p;
+}
+
+Pipeline::Pipeline(std::shared_ptr<const RuleSet> rules,
+                   PipelineOptions options, ViolationFn on_violation)
+    : rules_(rules),
+      options_(std::move(options)),
+      on_violation_(std::move(on_violation)),
+      router_(rules, options_.engine),
+      admission_(options_.queue_capacity) {
+  EngineOptions worker_engine = options_.engine;
+  worker_engine.dedupe_window = 0;  // the router owns redelivery detection
+  worker_engine.shards = static_cast<size_t>(options_.workers);
+  for (int i = 0; i < options_.workers; ++i) {
+    auto w = std::make_unique<Worker>(rules, options_.worker_queue_capacity,
+                                      worker_engine);
+    w->index = i;
+    w->mask.resize(rules->rules().size());
+    workers_.push_back(std::move(w));
+  }
+  stats_.queue_capacity = options_.queue_capacity;
+}
+
+Pipeline::~Pipeline() { Stop(); }
+
+void Pipeline::Start() {
+  if (started_) return;
+  started_ = true;
+  for (auto& w : workers_) {
+    Worker* raw = w.get();
+    raw->last_publish = std::chrono::steady_clock::now();
+    raw->thread = std::thread([this, raw] { WorkerLoop(raw); });
+  }
+  dispatcher_ = std::thread([this] { DispatchLoop(); });
+}
+
+void Pipeline::Stop() {
+  if (!started_ || stopped_) return;
+  stopped_ = true;
+  admission_.Close();
+  dispatcher_.join();  // drains admission, then closes worker queues
+  for (auto& w : workers_) w->thread.join();
+}
+
+bool Pipeline::Push(Record record) {
+  const uint64_t n = 1;
+  if (!admission_.Push(std::move(record))) return false;
+  std::lock_guard<std::mutex> l(stats_mu_);
+  stats_.records += n;
+  return true;
+}
+
+bool Pipeline::TryPushBatch(std::vector<Record>* batch) {
+  const uint64_t n = batch->size();
+  if (!admission_.TryPushAll(batch)) return false;
+  std::lock_guard<std::mutex> l(stats_mu_);
+  stats_.records += n;
+  return true;
+}
+
+void Pipeline::Reject(const Record& record, std::string_view reason) {
+  {
+    std::lock_guard<std::mutex> l(stats_mu_);
+    ++stats_.rejected[std::string(reason)];
+  }
+  if (record.acker != nullptr) record.acker->Processed(record.ack_seq);
+}
+
+void Pipeline::DispatchLoop() {
+  std::vector<Record> batch;
+  while (admission_.PopBatch(&batch, 256)) {
+    for (Record& r : batch) Dispatch(std::move(r));
+    batch.clear();
+  }
+  for (auto& w : workers_) w->queue.Close();
+}
+
+void Pipeline::Dispatch(Record record) {
+  if (record.too_long) {
+    Reject(record, reject::kLineTooLong);
+    return;
+  }
+  auto work = std::make_unique<Work>();
+  work->record = std::move(record);
+  Work& w = *work;
+  w.raw.reserve(w.record.bytes.size() + kLinePadding);
+  w.raw.assign(w.record.bytes);
+  w.raw.append(kLinePadding, '\0');
+  const std::string_view text(w.raw.data(), w.record.bytes.size());
+  const FieldSet& fields = rules_->fields();
+  w.event.Reset(fields.size());
+  w.event.position = Position{w.record.source, w.record.line, w.record.offset};
+  w.event.raw = text;
+  std::string_view reason;
+  if (!decoder_->Decode(text, &w.event, &reason).ok()) {
+    Reject(w.record, reason);
+    return;
+  }
+  // Strings the decoder unescaped live in its buffers, which the next
+  // Decode overwrites: copy them into the work item.
+  const char* lo = w.raw.data();
+  const char* hi = lo + w.raw.size();
+  size_t need = 0;
+  for (const Value& v : w.event.fields) {
+    if ((v.is_string() || v.is_json()) &&
+        !(v.str().data() >= lo && v.str().data() < hi)) {
+      need += v.str().size();
+    }
+  }
+  w.arena.reserve(need);
+  for (Value& v : w.event.fields) {
+    if ((v.is_string() || v.is_json()) &&
+        !(v.str().data() >= lo && v.str().data() < hi)) {
+      const size_t at = w.arena.size();
+      w.arena.append(v.str());
+      const std::string_view copy(w.arena.data() + at, v.str().size());
+      v = v.is_string() ? Value::String(copy) : Value::Json(copy);
+    }
+  }
+  // Source metadata ($kafka.key, ...) as fields, when a rule reads them.
+  for (const auto& [key, value] : w.record.meta) {
+    const int slot = fields.FindDotted(key);
+    if (slot >= 0) w.event.fields[slot] = Value::String(value);
+  }
+  w.prepared = router_.NewPrepared();
+  router_.Prepare(w.event, &w.prepared);
+  if (router_.IsRedelivery(w.prepared.identity)) {
+    {
+      std::lock_guard<std::mutex> l(stats_mu_);
+      ++stats_.redelivered;
+    }
+    if (w.record.acker != nullptr) w.record.acker->Processed(w.record.ack_seq);
+    return;
+  }
+  // Route each rule to the worker owning its key; rules that do not apply
+  // to this event go to worker 0, which counts them.
+  const std::vector<Rule>& rules = rules_->rules();
+  const uint64_t n = workers_.size();
+  w.shard.assign(rules.size(), 0);
+  uint64_t targets = 0;  // bitmask of workers
+  for (size_t i = 0; i < rules.size(); ++i) {
+    if (w.prepared.rule_status[i] == ObserveStatus::kOk &&
+        !w.prepared.rule_filtered[i]) {
+      w.shard[i] =
+          static_cast<uint16_t>(w.prepared.key_hash[rules[i].key_group].hi % n);
+    }
+    targets |= uint64_t{1} << w.shard[i];
+  }
+  if (targets == 0) targets = 1;
+  w.remaining.store(__builtin_popcountll(targets));
+  {
+    std::lock_guard<std::mutex> l(stats_mu_);
+    ++stats_.events;
+  }
+  Work* raw_work = work.release();
+  for (size_t k = 0; k < workers_.size(); ++k) {
+    if (targets & (uint64_t{1} << k)) {
+      if (!workers_[k]->queue.Push(raw_work)) Finish(raw_work);
+    }
+  }
+}
+
+void Pipeline::Finish(Work* work) {
+  if (work->remaining.fetch_sub(1) != 1) return;
+  if (work->record.acker != nullptr) {
+    work->record.acker->Processed(work->record.ack_seq);
+  }
+  delete work;
+}
+
+void Pipeline::PublishRules(Worker* w) {
+  std::vector<RuleStats> s = w->engine.Stats();
+  std::lock_guard<std::mutex> l(w->mu);
+  w->published = std::move(s);
+}
+
+void Pipeline::WorkerLoop(Worker* w) {
+  std::vector<Work*> batch;
+  std::vector<Violation> out;
+  PublishRules(w);
+  while (w->queue.PopBatch(&batch, 64)) {
+    for (Work* work : batch) {
+      for (size_t i = 0; i < w->mask.size(); ++i) {
+        w->mask[i] = work->shard[i] == w->index ? 1 : 0;
+      }
+      out.clear();
+      w->engine.Evaluate(work->event, work->prepared, w->mask.data(), &out);
+      if (!out.empty()) {
+        {
+          std::lock_guard<std::mutex> l(stats_mu_);
+          stats_.violations += out.size();
+        }
+        for (const Violation& v : out) on_violation_(v);
+      }
+      Finish(work);
+    }
+    batch.clear();
+    const auto now = std::chrono::steady_clock::now();
+    if (now - w->last_publish > std::chrono::milliseconds(500)) {
+      w->last_publish = now;
+      PublishRules(w);
+    }
+  }
+  PublishRules(w);
+}
+
+PipelineStats Pipeline::Stats() const {
+  PipelineStats s;
+  {
+    std::lock_guard<std::mutex> l(stats_mu_);
+    s = stats_;
+  }
+  s.queue_depth = admission_.size();
+  return s;
+}
+
+std::vector<RuleSnapshot> Pipeline::Rules() const {
+  std::vector<RuleSnapshot> out;
+  for (const Rule& r : rules_->rules()) {
+    out.push_back(RuleSnapshot{r.name, r.kind, {}, {}});
+  }
+  for (const auto& w : workers_) {
+    std::lock_guard<std::mutex> l(w->mu);
+    for (size_t i = 0; i < w->published.size() && i < out.size(); ++i) {
+      const RuleCounters& c = w->published[i].counters;
+      RuleCounters& t = out[i].counters;
+      t.evaluated += c.evaluated;
+      t.filtered += c.filtered;
+      t.skipped_missing += c.skipped_missing;
+      t.skipped_type += c.skipped_type;
+      t.rejected += c.rejected;
+      t.redelivered += c.redelivered;
+      t.violations += c.violations;
+      const TableStats& ts = w->published[i].table;
+      out[i].table.keys += ts.keys;
+      out[i].table.bytes += ts.bytes;
+      out[i].table.evicted += ts.evicted;
+      out[i].table.rejected += ts.rejected;
+    }
+  }
+  return out;
+}
+
+}  // namespace invariantd

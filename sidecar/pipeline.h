@@ -1,0 +1,185 @@
+// Pipeline: the live evaluation path of `invariantd run`.
+//
+//   sources ──Record──► [admission queue, bounded] ──► dispatcher thread
+//      decode, redelivery check, filters and keys (Engine::Prepare)
+//      ──► [one bounded queue per worker] ──► worker threads (1..N)
+//      each worker owns the state of the keys that hash to it and
+//      evaluates only those rules of the event (Engine::Evaluate)
+//      ──► violations to the ViolationSink; the record is acknowledged to
+//      its source when every worker it went to has finished with it.
+//
+// Per-key order is preserved: all events of one rule key go to the same
+// worker, through FIFO queues, in input order. Bounded everywhere: a full
+// admission queue blocks Push() (file tail waits) and fails TryPushBatch()
+// (HTTP 429, Kafka pause); a full worker queue blocks the dispatcher, which
+// in turn fills the admission queue.
+//
+// Thread-safety: Push/TryPushBatch from any number of source threads;
+// Stats/RuleSnapshot from any thread; Start/Stop from the owner.
+#ifndef INVARIANTD_SIDECAR_PIPELINE_H_
+#define INVARIANTD_SIDECAR_PIPELINE_H_
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "ingest/decoder.h"
+#include "ingest/record.h"
+#include "rules/engine.h"
+#include "rules/rule_set.h"
+
+namespace invariantd {
+
+// A bounded FIFO with blocking and non-blocking admission. Thread-safe.
+template <typename T>
+class BoundedQueue {
+ public:
+  explicit BoundedQueue(size_t capacity) : capacity_(capacity) {}
+
+  // Blocks while full; false once closed (the item is not taken).
+  bool Push(T item) {
+    std::unique_lock<std::mutex> l(mu_);
+    not_full_.wait(l, [&] { return closed_ || items_.size() < capacity_; });
+    if (closed_) return false;
+    items_.push_back(std::move(item));
+    not_empty_.notify_one();
+    return true;
+  }
+  // All of `batch` or nothing.
+  bool TryPushAll(std::vector<T>* batch) {
+    std::lock_guard<std::mutex> l(mu_);
+    if (closed_ || items_.size() + batch->size() > capacity_) return false;
+    for (T& t : *batch) items_.push_back(std::move(t));
+    batch->clear();
+    not_empty_.notify_one();
+    return true;
+  }
+  // Moves up to `max` items into `out`; blocks while empty and open.
+  // Returns false when closed and drained.
+  bool PopBatch(std::vector<T>* out, size_t max) {
+    std::unique_lock<std::mutex> l(mu_);
+    not_empty_.wait(l, [&] { return closed_ || !items_.empty(); });
+    if (items_.empty()) return false;
+    while (!items_.empty() && out->size() < max) {
+      out->push_back(std::move(items_.front()));
+      items_.pop_front();
+    }
+    not_full_.notify_all();
+    return true;
+  }
+  // No more pushes; poppers drain what is queued, then see the end.
+  void Close() {
+    std::lock_guard<std::mutex> l(mu_);
+    closed_ = true;
+    not_full_.notify_all();
+    not_empty_.notify_all();
+  }
+  size_t size() const {
+    std::lock_guard<std::mutex> l(mu_);
+    return items_.size();
+  }
+  size_t capacity() const { return capacity_; }
+
+ private:
+  const size_t capacity_;
+  mutable std::mutex mu_;
+  std::condition_variable not_full_;
+  std::condition_variable not_empty_;
+  std::deque<T> items_ ABSL_GUARDED_BY(mu_);
+  bool closed_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+struct PipelineOptions {
+  int workers = 1;
+  size_t queue_capacity = 65536;        // admission queue, records
+  size_t worker_queue_capacity = 4096;  // per worker, events
+  size_t max_line_bytes = 1 << 20;
+  std::optional<DecoderOptions> decoder;  // default: the rule set's input
+  EngineOptions engine;
+};
+
+struct PipelineStats {
+  uint64_t records = 0;      // admitted
+  uint64_t events = 0;       // decoded and checked
+  uint64_t redelivered = 0;  // skipped as redeliveries
+  uint64_t violations = 0;
+  std::map<std::string, uint64_t> rejected;  // by reason
+  size_t queue_depth = 0;
+  size_t queue_capacity = 0;
+};
+
+// Counters and table sizes of one rule, summed over workers.
+struct RuleSnapshot {
+  std::string name;
+  std::string kind;
+  RuleCounters counters;
+  TableStats table;
+};
+
+class Pipeline : public RecordSink {
+ public:
+  using ViolationFn = std::function<void(const Violation&)>;
+
+  // `on_violation` is called from worker threads (concurrently when there
+  // are several): it must be thread-safe.
+  static absl::StatusOr<std::unique_ptr<Pipeline>> Create(
+      std::shared_ptr<const RuleSet> rules, PipelineOptions options,
+      ViolationFn on_violation);
+  ~Pipeline() override;
+
+  void Start();
+  // Stops admitting, evaluates everything already admitted, acknowledges
+  // it, and joins the threads. Idempotent.
+  void Stop();
+
+  bool Push(Record record) override;
+  bool TryPushBatch(std::vector<Record>* batch) override;
+
+  PipelineStats Stats() const;
+  // Per-rule counters as last published by the workers (at most ~0.5 s
+  // old while running; exact after Stop).
+  std::vector<RuleSnapshot> Rules() const;
+  const RuleSet& rules() const { return *rules_; }
+
+ private:
+  struct Work;
+  struct Worker;
+
+  Pipeline(std::shared_ptr<const RuleSet> rules, PipelineOptions options,
+           ViolationFn on_violation);
+  void DispatchLoop();
+  void Dispatch(Record record);
+  void WorkerLoop(Worker* w);
+  void Finish(Work* work);
+  void Reject(const Record& record, std::string_view reason);
+  void PublishRules(Worker* w);
+
+  std::shared_ptr<const RuleSet> rules_;
+  PipelineOptions options_;
+  ViolationFn on_violation_;
+  std::unique_ptr<Decoder> decoder_;  // dispatcher thread only
+  Engine router_;                     // dispatcher: Prepare + redelivery
+  BoundedQueue<Record> admission_;
+  std::vector<std::unique_ptr<Worker>> workers_;
+  std::thread dispatcher_;
+  bool started_ = false;
+  bool stopped_ = false;
+
+  mutable std::mutex stats_mu_;
+  PipelineStats stats_ ABSL_GUARDED_BY(stats_mu_);
+};
+
+}  // namespace invariantd
+
+#endif  // INVARIANTD_SIDECAR_PIPELINE_H_
