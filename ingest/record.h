@@ -38,6 +38,7 @@ struct Record {
   std::string source;   // file path, "kafka:<topic>/<partition>", "http"
   uint64_t line = 0;    // file: 1-based line; http: index in the batch
   uint64_t offset = 0;  // file: byte offset; kafka: offset; http: batch id
+  uint64_t stream = 0;  // file: (device, inode) mix; see Position::stream
   // --- content ---
   std::string bytes;      // the record, without its newline
   bool too_long = false;  // over the line limit: bytes is empty

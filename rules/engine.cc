@@ -173,8 +173,7 @@ void Engine::Evaluate(const Event& event, const PreparedEvent& p,
 Violation Engine::MakeViolation(const Rule& rule, const Event& event,
                                 const Hash128& key, Finding f) {
   Violation v;
-  v.id = MakeViolationId(rule.name, key, event.position.source,
-                         event.position.offset);
+  v.id = MakeViolationId(rule.name, key, event.position);
   v.rule = rule.name;
   v.kind = rule.kind;
   v.severity = rule.severity;

@@ -167,6 +167,8 @@ absl::Status App::Start() {
   popts.queue_capacity = config_.queue_capacity;
   popts.max_line_bytes = config_.max_line_bytes;
   popts.engine.dedupe_window = config_.dedupe_window;
+  Metrics* metrics = s_->metrics.get();
+  popts.on_eval_latency = [metrics](double s) { metrics->RuleEvalLatency(s); };
   if (!config_.input_format.empty()) {
     auto f = ParseInputFormat(config_.input_format);
     if (!f.ok()) return f.status();
@@ -324,12 +326,33 @@ void App::Housekeeping() {
     Metrics& m = *s_->metrics;
     const PipelineStats ps = s_->pipeline->Stats();
     m.QueueDepth("admission", static_cast<double>(ps.queue_depth));
-    m.SourceEvents("all", "pipeline", s_->Delta("events", ps.events));
-    m.SourceRedelivered("all", "pipeline",
-                        s_->Delta("redelivered", ps.redelivered));
-    for (const auto& [reason, n] : ps.rejected) {
-      m.SourceRejected("all", "decoder", reason,
-                       s_->Delta("rejected/" + reason, n));
+    // Per source kind; the source label names the configured source.
+    auto source_name = [&](const std::string& kind) -> std::string {
+      if (kind == "file") return "tail";
+      if (kind == "kafka") return config_.kafka_group;
+      return "v1/events";
+    };
+    for (const auto& [kind, n] : ps.events_by_kind) {
+      m.SourceEvents(kind, source_name(kind), s_->Delta("events/" + kind, n));
+    }
+    for (const auto& [kind, n] : ps.redelivered_by_kind) {
+      m.SourceRedelivered(kind, source_name(kind),
+                          s_->Delta("redelivered/" + kind, n));
+    }
+    for (const auto& [kr, n] : ps.rejected_by_kind) {
+      m.SourceRejected(kr.first, source_name(kr.first), kr.second,
+                       s_->Delta("rejected/" + kr.first + "/" + kr.second, n));
+    }
+    if (s_->http_ingest) {
+      const HttpIngestStats hs = s_->http_ingest->Stats();
+      for (const auto& [reason, n] : hs.lines_rejected) {
+        m.SourceRejected("http", "v1/events", reason,
+                         s_->Delta("http-rejected/" + reason, n));
+      }
+      for (const auto& [reason, n] : hs.unauthenticated) {
+        m.SourceRejected("http", "v1/events", "unauthenticated_" + reason,
+                         s_->Delta("http-unauth/" + reason, n));
+      }
     }
     for (const RuleSnapshot& r : s_->pipeline->Rules()) {
       m.RuleKeys(r.name, static_cast<double>(r.table.keys));
@@ -341,6 +364,15 @@ void App::Housekeeping() {
     if (s_->tailer) {
       const TailStats ts = s_->tailer->Stats();
       m.SourceLagBytes("file", "tail", static_cast<double>(ts.bytes_behind));
+      m.SourceRejected("file", "tail", "line_too_long",
+                       s_->Delta("tail-too-long", ts.too_long));
+    }
+    if (s_->kafka) {
+      const KafkaStats ks = s_->kafka->Stats();
+      if (ks.lag >= 0) {
+        m.KafkaLag(config_.kafka_group, -1, static_cast<double>(ks.lag));
+      }
+      s_->kafka_ok = ks.assigned_partitions > 0 || ks.errors == 0;
     }
     m.CheckpointAge(static_cast<double>(NowNs() - s_->last_checkpoint_ns) /
                     1e9);

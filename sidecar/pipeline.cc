@@ -9,6 +9,12 @@
 
 namespace invariantd {
 
+std::string_view SourceKind(std::string_view source) {
+  if (source.substr(0, 6) == "kafka:") return "kafka";
+  if (source == "http") return "http";
+  return "file";
+}
+
 // One event in flight between the dispatcher and the workers. Owns every
 // byte its Values point at: the record (raw bytes, source name, metadata)
 // and an arena for strings the decoder unescaped into its own buffers.
@@ -31,6 +37,7 @@ struct Pipeline::Worker {
   Engine engine;  // state of the keys that hash to this worker
   std::thread thread;
   std::vector<uint8_t> mask;
+  uint64_t sampled = 0;
   std::chrono::steady_clock::time_point last_publish;
   mutable std::mutex mu;
   std::vector<RuleStats> published ABSL_GUARDED_BY(mu);
@@ -119,6 +126,8 @@ void Pipeline::Reject(const Record& record, std::string_view reason) {
   {
     std::lock_guard<std::mutex> l(stats_mu_);
     ++stats_.rejected[std::string(reason)];
+    ++stats_.rejected_by_kind[{std::string(SourceKind(record.source)),
+                               std::string(reason)}];
   }
   if (record.acker != nullptr) record.acker->Processed(record.ack_seq);
 }
@@ -146,7 +155,8 @@ void Pipeline::Dispatch(Record record) {
   const std::string_view text(w.raw.data(), w.record.bytes.size());
   const FieldSet& fields = rules_->fields();
   w.event.Reset(fields.size());
-  w.event.position = Position{w.record.source, w.record.line, w.record.offset};
+  w.event.position = Position{w.record.source, w.record.line, w.record.offset,
+                              w.record.stream};
   w.event.raw = text;
   std::string_view reason;
   if (!decoder_->Decode(text, &w.event, &reason).ok()) {
@@ -185,6 +195,7 @@ void Pipeline::Dispatch(Record record) {
     {
       std::lock_guard<std::mutex> l(stats_mu_);
       ++stats_.redelivered;
+      ++stats_.redelivered_by_kind[std::string(SourceKind(w.record.source))];
     }
     if (w.record.acker != nullptr) w.record.acker->Processed(w.record.ack_seq);
     return;
@@ -208,6 +219,7 @@ void Pipeline::Dispatch(Record record) {
   {
     std::lock_guard<std::mutex> l(stats_mu_);
     ++stats_.events;
+    ++stats_.events_by_kind[std::string(SourceKind(w.record.source))];
   }
   Work* raw_work = work.release();
   for (size_t k = 0; k < workers_.size(); ++k) {
@@ -241,7 +253,15 @@ void Pipeline::WorkerLoop(Worker* w) {
         w->mask[i] = work->shard[i] == w->index ? 1 : 0;
       }
       out.clear();
+      const bool sample = options_.on_eval_latency && (++w->sampled & 63) == 0;
+      const auto t0 = sample ? std::chrono::steady_clock::now()
+                             : std::chrono::steady_clock::time_point();
       w->engine.Evaluate(work->event, work->prepared, w->mask.data(), &out);
+      if (sample) {
+        options_.on_eval_latency(
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0)
+                .count());
+      }
       if (!out.empty()) {
         {
           std::lock_guard<std::mutex> l(stats_mu_);

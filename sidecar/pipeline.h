@@ -102,6 +102,9 @@ class BoundedQueue {
 
 struct PipelineOptions {
   int workers = 1;
+  // Called with the evaluation time of one sampled event (every 64th per
+  // worker), in seconds; from worker threads. Optional.
+  std::function<void(double)> on_eval_latency;
   size_t queue_capacity = 65536;        // admission queue, records
   size_t worker_queue_capacity = 4096;  // per worker, events
   size_t max_line_bytes = 1 << 20;
@@ -115,9 +118,17 @@ struct PipelineStats {
   uint64_t redelivered = 0;  // skipped as redeliveries
   uint64_t violations = 0;
   std::map<std::string, uint64_t> rejected;  // by reason
+  // The same counts by source kind ("file", "http", "kafka"):
+  std::map<std::string, uint64_t> events_by_kind;
+  std::map<std::pair<std::string, std::string>, uint64_t>
+      rejected_by_kind;  // (kind, reason)
+  std::map<std::string, uint64_t> redelivered_by_kind;
   size_t queue_depth = 0;
   size_t queue_capacity = 0;
 };
+
+// "file", "http" or "kafka", from a record's source name.
+std::string_view SourceKind(std::string_view source);
 
 // Counters and table sizes of one rule, summed over workers.
 struct RuleSnapshot {

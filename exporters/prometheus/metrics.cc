@@ -211,7 +211,9 @@ void Metrics::SourceLagBytes(std::string_view kind, std::string_view source,
 void Metrics::KafkaLag(std::string_view source, int32_t partition,
                        double messages) {
   impl_->kafka_lag
-      .Add({{"source", Label(source)}, {"partition", absl::StrCat(partition)}})
+      .Add({{"source", Label(source)},
+            {"partition",
+             partition < 0 ? std::string("all") : absl::StrCat(partition)}})
       .Set(messages);
 }
 

@@ -60,7 +60,8 @@ class Metrics {
   // invariantd_source_lag_bytes{kind,source}: bytes not yet read (file).
   void SourceLagBytes(std::string_view kind, std::string_view source,
                       double bytes);
-  // invariantd_kafka_consumer_lag_messages{source,partition}
+  // invariantd_kafka_consumer_lag_messages{source,partition}; a negative
+  // partition is the sum over the assigned partitions (partition="all").
   void KafkaLag(std::string_view source, int32_t partition, double messages);
 
   // --- rules ---

@@ -16,12 +16,17 @@
 namespace invariantd {
 
 // Where an event came from. `line` is 1-based; `offset` is the byte offset of
-// the line's first byte in the source. Together with the source name they
-// identify the event's place in its stream.
+// the line's first byte in the source (a Kafka offset; an HTTP batch id).
+// Together with the source name and stream they identify the event's place
+// in its stream.
 struct Position {
   std::string_view source;
   uint64_t line = 0;
   uint64_t offset = 0;
+  // Which incarnation of the source: for a tailed file its (device, inode),
+  // so a file rotated into the same name does not repeat positions; 0
+  // where the source name and offset already identify the record.
+  uint64_t stream = 0;
 };
 
 // Decoders may read up to this many bytes past the end of a line (simdjson

@@ -3,13 +3,15 @@
 namespace invariantd {
 
 std::string MakeViolationId(std::string_view rule, const Hash128& key,
-                            std::string_view source, uint64_t offset) {
+                            const Position& position) {
   TupleHasher h;
   h.AddBytes(rule);
   h.AddU64(key.lo);
   h.AddU64(key.hi);
-  h.AddBytes(source);
-  h.AddU64(offset);
+  h.AddBytes(position.source);
+  h.AddU64(position.stream);
+  h.AddU64(position.offset);
+  h.AddU64(position.line);
   return h.Finish().Hex();
 }
 

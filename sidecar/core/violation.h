@@ -12,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include "sidecar/core/event.h"
 #include "sidecar/core/hash.h"
 #include "sidecar/core/value.h"
 
@@ -40,9 +41,10 @@ struct Violation {
   std::vector<std::pair<std::string, std::string>> labels;
 };
 
-// id = XXH3-128 over (rule name, key hash, source, offset), as hex.
+// id = XXH3-128 over (rule name, key hash, source, stream, offset, line),
+// as hex: a function of the rule, the key and the input position only.
 std::string MakeViolationId(std::string_view rule, const Hash128& key,
-                            std::string_view source, uint64_t offset);
+                            const Position& position);
 
 }  // namespace invariantd
 
