@@ -285,6 +285,85 @@ TEST_F(RunTest, AuthTokenIsRequiredWhenConfigured) {
   EXPECT_EQ(c->Wait(), 0);
 }
 
+TEST_F(RunTest, RotationByRenameAndByCopytruncateLosesNothing) {
+  const fs::path log = dir_ / "logs" / "raft.ndjson";
+  auto c = Start();
+  Append(0, 60);
+  ASSERT_TRUE(c->WaitFor(
+      [&] { return c->err().find("\"opened\"") != std::string::npos; }));
+  // rename + create: the old file moves out of the glob, a new one appears.
+  fs::rename(log, dir_ / "logs" / "raft.ndjson.1");
+  Append(60, 110);  // into the new file
+  // copytruncate: copy away, then truncate the live file in place.
+  ASSERT_TRUE(c->WaitFor([&] {
+    std::string m;
+    Shell(absl::StrCat("curl -sf ", Url("/metrics")), &m);
+    return m.find(
+               "invariantd_source_events_total{kind=\"file\",source=\"tail"
+               "\"} 110") != std::string::npos;
+  })) << c->err();
+  fs::copy_file(log, dir_ / "logs" / "raft.ndjson.2");
+  fs::resize_file(log, 0);
+  {
+    // The service keeps writing into the truncated file.
+    std::ofstream out(log, std::ios::app);
+    for (size_t i = 110; i < 140; ++i) out << sample_[i] << "\n";
+  }
+  ASSERT_TRUE(c->WaitFor([&] { return Lines(c->out()) >= 4; })) << c->err();
+  c->Signal(SIGTERM);
+  EXPECT_EQ(c->Wait(), 0);
+  // The four faults (lines 102, 118 x2, 128 of the sample) were each
+  // reported once, whatever file they ended up in.
+  std::vector<std::string> rules;
+  for (auto l : absl::StrSplit(c->out(), '\n', absl::SkipEmpty())) {
+    rules.push_back(Json::parse(l)["rule"]);
+  }
+  EXPECT_THAT(
+      rules,
+      ::testing::UnorderedElementsAre(
+          "etcd-raft-term-never-regresses", "etcd-raft-one-leader-per-term",
+          "etcd-raft-role-transitions", "etcd-raft-applied-within-commit"));
+  EXPECT_THAT(c->err(), HasSubstr("\"events\":\"140\""));
+}
+
+TEST_F(RunTest, OversizedBodiesAndFullQueuesAreRefused) {
+  const fs::path config = dir_ / "config.yaml";
+  {
+    std::ofstream c(config);
+    c << "queue_capacity: 16\nhttp: {max_body_bytes: 4096, max_events: 1000}\n";
+  }
+  auto c = Start({"--config", config.string()});
+  auto post = [&](size_t lines, size_t pad) {
+    const fs::path body = dir_ / "body";
+    {
+      std::ofstream b(body);
+      for (size_t i = 0; i < lines; ++i) {
+        b << "{\"i\":" << i << ",\"p\":\"" << std::string(pad, 'x') << "\"}\n";
+      }
+    }
+    std::string out;
+    Shell(absl::StrCat("curl -s -D - -o /dev/null -H 'Content-Type: "
+                       "application/x-ndjson' --data-binary @",
+                       body.string(), " ", Url("/v1/events")),
+          &out);
+    return out;
+  };
+  EXPECT_THAT(post(1, 8000), HasSubstr("413"));  // body over 4096 bytes
+  const std::string full = post(40, 10);         // 40 records > queue of 16
+  EXPECT_THAT(full, HasSubstr("429"));
+  EXPECT_THAT(full, HasSubstr("Retry-After"));
+  EXPECT_THAT(post(5, 10), HasSubstr("200"));  // fits
+  ASSERT_TRUE(c->WaitFor([&] {
+    std::string m;
+    Shell(absl::StrCat("curl -sf ", Url("/metrics")), &m);
+    return m.find(
+               "invariantd_rejected_requests_due_to_admission_control_"
+               "total{reason=\"queue_full\"} 1") != std::string::npos;
+  }));
+  c->Signal(SIGTERM);
+  EXPECT_EQ(c->Wait(), 0);
+}
+
 TEST_F(RunTest, BadConfigurationRefusesToStart) {
   Child c({INVARIANTD_BINARY, "run", "--rules", "/nonexistent.yaml", "--listen",
            "127.0.0.1:0", "--data-dir", (dir_ / "data").string()});
