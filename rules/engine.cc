@@ -198,6 +198,32 @@ Violation Engine::MakeViolation(const Rule& rule, const Event& event,
   return v;
 }
 
+std::vector<std::string> Engine::TakeStateFrom(Engine& old) {
+  std::vector<std::string> carried;
+  const std::vector<Rule>& now = rules_->rules();
+  const std::vector<Rule>& before = old.rules_->rules();
+  for (size_t i = 0; i < now.size(); ++i) {
+    for (size_t j = 0; j < before.size(); ++j) {
+      if (before[j].name == now[i].name && before[j].digest == now[i].digest &&
+          old.states_[j] != nullptr) {
+        states_[i] = std::move(old.states_[j]);
+        states_[i]->Rebind(now[i].config.get());
+        counters_[i] = old.counters_[j];
+        carried.push_back(now[i].name);
+        break;
+      }
+    }
+  }
+  if (options_.dedupe_window == old.options_.dedupe_window) {
+    recent_ = std::move(old.recent_);
+    ring_ = std::move(old.ring_);
+    ring_next_ = old.ring_next_;
+  }
+  events_ = old.events_;
+  redelivered_ = old.redelivered_;
+  return carried;
+}
+
 std::vector<RuleStats> Engine::Stats() const {
   std::vector<RuleStats> out;
   const std::vector<Rule>& rules = rules_->rules();

@@ -95,6 +95,13 @@ class Engine {
   void Evaluate(const Event& event, const PreparedEvent& p, const uint8_t* mask,
                 std::vector<Violation>* out);
 
+  // Rule reload: takes over the state of every rule of `old` whose
+  // definition is unchanged (same name and digest) -- its keys, counters
+  // and table -- and the redelivery window. Rules that are new or changed
+  // start fresh. Returns the names of the rules whose state carried over.
+  // `old` must not be used afterwards except to be destroyed.
+  std::vector<std::string> TakeStateFrom(Engine& old);
+
   uint64_t events() const { return events_; }
   uint64_t redelivered_events() const { return redelivered_; }
   std::vector<RuleStats> Stats() const;

@@ -30,6 +30,8 @@
 
 namespace invariantd {
 
+class KindConfig;
+
 // What a kind found wrong with one event.
 struct Finding {
   std::string reason;   // stable, kind-specific: "regressed", "gap", ...
@@ -71,6 +73,10 @@ class RuleState {
   // KeyTable::Prefetch). Must not change any state.
   virtual void Prefetch(const Hash128& key) const {}
   virtual TableStats Stats() const = 0;
+  // Points the state at an identical configuration compiled in another
+  // rule set (rule reload keeps the state of unchanged rules). `config`
+  // must be of this state's kind and outlive the state.
+  virtual void Rebind(const KindConfig* config) = 0;
 };
 
 class KindConfig {
@@ -159,6 +165,10 @@ class KeyedRuleState final : public RuleState {
     auto ref = table_.FindOrInsert(K::TableKey(*config_, in, v));
     if (ref.state == nullptr) return ObserveStatus::kRejected;
     return K::Step(*config_, *ref.state, ref.inserted, v, in, finding);
+  }
+
+  void Rebind(const KindConfig* config) override {
+    config_ = static_cast<const typename K::Config*>(config);
   }
 
   void Prefetch(const Hash128& key) const override {

@@ -3,7 +3,9 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <sstream>
@@ -147,6 +149,7 @@ absl::Status App::Start() {
     return absl::InvalidArgumentError(absl::StrJoin(lines, "\n"));
   }
   s_->rules = loaded.rules;
+  rules_fingerprint_ = RulesFingerprint();
   Log(LogLevel::kInfo, "rules loaded",
       {{"rules", absl::StrCat(s_->rules->rules().size())},
        {"files", absl::StrCat(s_->rules->files().size())},
@@ -227,6 +230,7 @@ absl::Status App::Start() {
     return r;
   });
   s_->http->Handle("GET", "/readyz", [s](const HttpRequestView&) {
+    const auto rules = s->pipeline->rules();
     std::vector<std::string> problems;
     if (!s->data_dir_ok) problems.push_back("data dir not writable");
     if (!s->kafka_ok) problems.push_back("kafka source unhealthy");
@@ -235,8 +239,7 @@ absl::Status App::Start() {
     r.headers.emplace_back("Content-Type", "text/plain; charset=utf-8");
     r.body =
         problems.empty()
-            ? absl::StrCat("ready: ", s->rules->rules().size(),
-                           " rules loaded\n")
+            ? absl::StrCat("ready: ", rules->rules().size(), " rules loaded\n")
             : absl::StrCat("not ready: ", absl::StrJoin(problems, "; "), "\n");
     return r;
   });
@@ -316,6 +319,62 @@ void App::Checkpoint() {
   }
 }
 
+std::string App::RulesFingerprint() const {
+  namespace fs = std::filesystem;
+  std::string fp;
+  auto add = [&](const fs::path& p) {
+    std::error_code ec;
+    const auto size = fs::file_size(p, ec);
+    const auto mtime = fs::last_write_time(p, ec);
+    absl::StrAppend(&fp, p.string(), ":", ec ? 0 : size, ":",
+                    ec ? 0 : mtime.time_since_epoch().count(), ";");
+  };
+  for (const std::string& r : config_.rules) {
+    std::error_code ec;
+    if (fs::is_directory(r, ec)) {
+      std::vector<fs::path> files;
+      for (const auto& e : fs::directory_iterator(r, ec)) files.push_back(e);
+      std::sort(files.begin(), files.end());
+      for (const auto& f : files) add(f);
+    } else {
+      add(r);
+    }
+  }
+  return fp;
+}
+
+bool App::Reload(std::string_view why) {
+  std::lock_guard<std::mutex> guard(reload_mu_);
+  rules_fingerprint_ = RulesFingerprint();
+  LoadResult loaded = LoadRuleFiles(config_.rules);
+  if (!loaded.ok()) {
+    for (const Diagnostic& d : loaded.diagnostics) {
+      Log(LogLevel::kError, "rule reload: invalid rule file",
+          {{"diagnostic", FormatDiagnostic(d)}});
+    }
+    Log(LogLevel::kError, "rule reload failed: keeping the running rules",
+        {{"trigger", std::string(why)},
+         {"errors", absl::StrCat(loaded.diagnostics.size())}});
+    s_->metrics->Reload(false);
+    return false;
+  }
+  auto result = s_->pipeline->Reload(loaded.rules);
+  if (!result.ok()) {
+    Log(LogLevel::kError, "rule reload failed: keeping the running rules",
+        {{"trigger", std::string(why)},
+         {"error", std::string(result.status().message())}});
+    s_->metrics->Reload(false);
+    return false;
+  }
+  Log(LogLevel::kInfo, "rules reloaded",
+      {{"trigger", std::string(why)},
+       {"digest", loaded.rules->digest().Hex()},
+       {"kept_state", absl::StrJoin(result->carried, ",")},
+       {"fresh_state", absl::StrJoin(result->fresh, ",")}});
+  s_->metrics->Reload(true);
+  return true;
+}
+
 void App::Housekeeping() {
   std::unique_lock<std::mutex> l(mu_);
   while (!stop_requested_) {
@@ -323,6 +382,7 @@ void App::Housekeeping() {
     if (stop_requested_) break;
     l.unlock();
     Checkpoint();
+    if (RulesFingerprint() != rules_fingerprint_) Reload("rule files changed");
     Metrics& m = *s_->metrics;
     const PipelineStats ps = s_->pipeline->Stats();
     m.QueueDepth("admission", static_cast<double>(ps.queue_depth));
@@ -452,9 +512,7 @@ int RunDaemon(const RunConfig& config) {
       int sig = 0;
       if (sigwait(&set, &sig) != 0) continue;
       if (sig == SIGHUP) {
-        Log(LogLevel::kWarning,
-            "SIGHUP received: rule reload is not available yet; restart to "
-            "load changed rules");
+        app.Reload("SIGHUP");
         continue;
       }
       Log(LogLevel::kInfo, "stopping", {{"signal", strsignal(sig)}});

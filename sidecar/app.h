@@ -35,12 +35,20 @@ class App {
   // Blocks until RequestStop, then stops everything. Returns the exit code.
   int Run();
   void RequestStop();
+  // Recompiles the rule files and swaps the new rule set in (state of
+  // unchanged rules carries over). An invalid rule file keeps the running
+  // rules; every diagnostic is logged and a reload failure counted.
+  // Thread-safe; serialized.
+  bool Reload(std::string_view why);
   // The HTTP port actually bound (useful with port 0).
   int port() const;
 
  private:
   struct Services;
   void Housekeeping();
+  // A fingerprint of the rule files (paths, sizes, modification times):
+  // when it changes, the rules are reloaded.
+  std::string RulesFingerprint() const;
   void Checkpoint();
   void StopAll();
 
@@ -50,6 +58,8 @@ class App {
   std::condition_variable cv_;
   bool stop_requested_ = false;
   std::thread housekeeping_;
+  std::mutex reload_mu_;
+  std::string rules_fingerprint_;
 };
 
 // `invariantd run`: blocks signals, starts the App, waits for SIGTERM or

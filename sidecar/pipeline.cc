@@ -1,7 +1,9 @@
 #include "sidecar/pipeline.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <future>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -19,6 +21,7 @@ std::string_view SourceKind(std::string_view source) {
 // byte its Values point at: the record (raw bytes, source name, metadata)
 // and an arena for strings the decoder unescaped into its own buffers.
 struct Pipeline::Work {
+  std::promise<void>* barrier = nullptr;  // reload: a marker, not an event
   Record record;
   std::string raw;    // record bytes + kLinePadding
   std::string arena;  // copies of decoder-owned strings
@@ -31,10 +34,13 @@ struct Pipeline::Work {
 struct Pipeline::Worker {
   explicit Worker(std::shared_ptr<const RuleSet> rules, size_t capacity,
                   EngineOptions engine)
-      : queue(capacity), engine(std::move(rules), engine) {}
+      : queue(capacity),
+        engine(std::make_unique<Engine>(std::move(rules), engine)) {}
   int index = 0;
   BoundedQueue<Work*> queue;
-  Engine engine;  // state of the keys that hash to this worker
+  // State of the keys that hash to this worker. Replaced only by Reload,
+  // while the worker is idle behind a barrier.
+  std::unique_ptr<Engine> engine;
   std::thread thread;
   std::vector<uint8_t> mask;
   uint64_t sampled = 0;
@@ -43,24 +49,29 @@ struct Pipeline::Worker {
   std::vector<RuleStats> published ABSL_GUARDED_BY(mu);
 };
 
+absl::StatusOr<std::unique_ptr<Decoder>> Pipeline::MakeDecoderFor(
+    const RuleSet& rules) const {
+  DecoderOptions dopts;
+  if (options_.decoder.has_value()) {
+    dopts = *options_.decoder;
+  } else {
+    auto d = DecoderOptionsFor(rules);
+    if (!d.ok()) return d.status();
+    dopts = *d;
+  }
+  return MakeDecoder(dopts, rules.fields());
+}
+
 absl::StatusOr<std::unique_ptr<Pipeline>> Pipeline::Create(
     std::shared_ptr<const RuleSet> rules, PipelineOptions options,
     ViolationFn on_violation) {
   if (options.workers < 1 || options.workers > 64) {
     return absl::InvalidArgumentError("workers must be from 1 to 64");
   }
-  DecoderOptions dopts;
-  if (options.decoder.has_value()) {
-    dopts = *options.decoder;
-  } else {
-    auto d = DecoderOptionsFor(*rules);
-    if (!d.ok()) return d.status();
-    dopts = *d;
-  }
-  auto decoder = MakeDecoder(dopts, rules->fields());
+  std::unique_ptr<Pipeline> p(
+      new Pipeline(rules, std::move(options), std::move(on_violation)));
+  auto decoder = p->MakeDecoderFor(*rules);
   if (!decoder.ok()) return decoder.status();
-  std::unique_ptr<Pipeline> p(new Pipeline(std::move(rules), std::move(options),
-                                           std::move(on_violation)));
   p->decoder_ = *std::move(decoder);
   return p;
 }
@@ -70,7 +81,7 @@ Pipeline::Pipeline(std::shared_ptr<const RuleSet> rules,
     : rules_(rules),
       options_(std::move(options)),
       on_violation_(std::move(on_violation)),
-      router_(rules, options_.engine),
+      router_(std::make_unique<Engine>(rules, options_.engine)),
       admission_(options_.queue_capacity) {
   EngineOptions worker_engine = options_.engine;
   worker_engine.dedupe_window = 0;  // the router owns redelivery detection
@@ -135,6 +146,7 @@ void Pipeline::Reject(const Record& record, std::string_view reason) {
 void Pipeline::DispatchLoop() {
   std::vector<Record> batch;
   while (admission_.PopBatch(&batch, 256)) {
+    std::lock_guard<std::mutex> l(dispatch_mu_);
     for (Record& r : batch) Dispatch(std::move(r));
     batch.clear();
   }
@@ -153,7 +165,8 @@ void Pipeline::Dispatch(Record record) {
   w.raw.assign(w.record.bytes);
   w.raw.append(kLinePadding, '\0');
   const std::string_view text(w.raw.data(), w.record.bytes.size());
-  const FieldSet& fields = rules_->fields();
+  const RuleSet& rule_set = router_->rules();
+  const FieldSet& fields = rule_set.fields();
   w.event.Reset(fields.size());
   w.event.position = Position{w.record.source, w.record.line, w.record.offset,
                               w.record.stream};
@@ -189,9 +202,9 @@ void Pipeline::Dispatch(Record record) {
     const int slot = fields.FindDotted(key);
     if (slot >= 0) w.event.fields[slot] = Value::String(value);
   }
-  w.prepared = router_.NewPrepared();
-  router_.Prepare(w.event, &w.prepared);
-  if (router_.IsRedelivery(w.prepared.identity)) {
+  w.prepared = router_->NewPrepared();
+  router_->Prepare(w.event, &w.prepared);
+  if (router_->IsRedelivery(w.prepared.identity)) {
     {
       std::lock_guard<std::mutex> l(stats_mu_);
       ++stats_.redelivered;
@@ -202,7 +215,7 @@ void Pipeline::Dispatch(Record record) {
   }
   // Route each rule to the worker owning its key; rules that do not apply
   // to this event go to worker 0, which counts them.
-  const std::vector<Rule>& rules = rules_->rules();
+  const std::vector<Rule>& rules = rule_set.rules();
   const uint64_t n = workers_.size();
   w.shard.assign(rules.size(), 0);
   uint64_t targets = 0;  // bitmask of workers
@@ -238,7 +251,7 @@ void Pipeline::Finish(Work* work) {
 }
 
 void Pipeline::PublishRules(Worker* w) {
-  std::vector<RuleStats> s = w->engine.Stats();
+  std::vector<RuleStats> s = w->engine->Stats();
   std::lock_guard<std::mutex> l(w->mu);
   w->published = std::move(s);
 }
@@ -248,7 +261,20 @@ void Pipeline::WorkerLoop(Worker* w) {
   std::vector<Violation> out;
   PublishRules(w);
   while (w->queue.PopBatch(&batch, 64)) {
+    const auto now = std::chrono::steady_clock::now();
+    if (now - w->last_publish > std::chrono::milliseconds(500)) {
+      w->last_publish = now;
+      PublishRules(w);
+    }
+    std::promise<void>* barrier = nullptr;
     for (Work* work : batch) {
+      if (work->barrier != nullptr) {
+        barrier = work->barrier;  // answered once this batch is done
+        continue;
+      }
+      if (w->mask.size() != work->shard.size()) {
+        w->mask.resize(work->shard.size());
+      }
       for (size_t i = 0; i < w->mask.size(); ++i) {
         w->mask[i] = work->shard[i] == w->index ? 1 : 0;
       }
@@ -256,7 +282,7 @@ void Pipeline::WorkerLoop(Worker* w) {
       const bool sample = options_.on_eval_latency && (++w->sampled & 63) == 0;
       const auto t0 = sample ? std::chrono::steady_clock::now()
                              : std::chrono::steady_clock::time_point();
-      w->engine.Evaluate(work->event, work->prepared, w->mask.data(), &out);
+      w->engine->Evaluate(work->event, work->prepared, w->mask.data(), &out);
       if (sample) {
         options_.on_eval_latency(
             std::chrono::duration<double>(std::chrono::steady_clock::now() - t0)
@@ -272,11 +298,9 @@ void Pipeline::WorkerLoop(Worker* w) {
       Finish(work);
     }
     batch.clear();
-    const auto now = std::chrono::steady_clock::now();
-    if (now - w->last_publish > std::chrono::milliseconds(500)) {
-      w->last_publish = now;
-      PublishRules(w);
-    }
+    // Last touch of this round: after it, Reload may replace the engine;
+    // the next PopBatch (under the queue's mutex) sees the new one.
+    if (barrier != nullptr) barrier->set_value();
   }
   PublishRules(w);
 }
@@ -291,9 +315,66 @@ PipelineStats Pipeline::Stats() const {
   return s;
 }
 
+std::shared_ptr<const RuleSet> Pipeline::rules() const {
+  std::lock_guard<std::mutex> l(rules_mu_);
+  return rules_;
+}
+
+void Pipeline::DrainWorkers() {
+  // A barrier through every worker queue: when all have passed it, no
+  // event dispatched before it is still being evaluated.
+  std::vector<std::promise<void>> done(workers_.size());
+  std::vector<std::unique_ptr<Work>> markers;
+  for (size_t k = 0; k < workers_.size(); ++k) {
+    markers.push_back(std::make_unique<Work>());
+    markers.back()->barrier = &done[k];
+    workers_[k]->queue.Push(markers.back().get());
+  }
+  for (auto& d : done) d.get_future().wait();
+}
+
+absl::StatusOr<Pipeline::ReloadResult> Pipeline::Reload(
+    std::shared_ptr<const RuleSet> rules) {
+  auto decoder = MakeDecoderFor(*rules);
+  if (!decoder.ok()) return decoder.status();
+  EngineOptions worker_engine = options_.engine;
+  worker_engine.dedupe_window = 0;
+  worker_engine.shards = static_cast<size_t>(options_.workers);
+  // Build the new engines off the hot path, then swap at a batch boundary.
+  auto router = std::make_unique<Engine>(rules, options_.engine);
+  std::vector<std::unique_ptr<Engine>> engines;
+  for (size_t k = 0; k < workers_.size(); ++k) {
+    engines.push_back(std::make_unique<Engine>(rules, worker_engine));
+  }
+  ReloadResult result;
+  std::lock_guard<std::mutex> l(dispatch_mu_);
+  if (started_ && !stopped_) DrainWorkers();
+  router->TakeStateFrom(*router_);
+  for (size_t k = 0; k < workers_.size(); ++k) {
+    result.carried = engines[k]->TakeStateFrom(*workers_[k]->engine);
+    workers_[k]->engine = std::move(engines[k]);
+  }
+  router_ = std::move(router);
+  decoder_ = *std::move(decoder);
+  for (auto& w : workers_) {
+    PublishRules(w.get());
+  }
+  for (const Rule& r : rules->rules()) {
+    if (std::find(result.carried.begin(), result.carried.end(), r.name) ==
+        result.carried.end()) {
+      result.fresh.push_back(r.name);
+    }
+  }
+  {
+    std::lock_guard<std::mutex> rl(rules_mu_);
+    rules_ = std::move(rules);
+  }
+  return result;
+}
+
 std::vector<RuleSnapshot> Pipeline::Rules() const {
   std::vector<RuleSnapshot> out;
-  for (const Rule& r : rules_->rules()) {
+  for (const Rule& r : this->rules()->rules()) {
     out.push_back(RuleSnapshot{r.name, r.kind, {}, {}});
   }
   for (const auto& w : workers_) {

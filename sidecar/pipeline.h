@@ -161,7 +161,19 @@ class Pipeline : public RecordSink {
   // Per-rule counters as last published by the workers (at most ~0.5 s
   // old while running; exact after Stop).
   std::vector<RuleSnapshot> Rules() const;
-  const RuleSet& rules() const { return *rules_; }
+  std::shared_ptr<const RuleSet> rules() const;
+
+  // Swaps in a new rule set at a point in the stream: every record is
+  // evaluated exactly once, either entirely with the old rules (already
+  // dispatched when Reload was called; Reload waits for them) or entirely
+  // with the new ones (still queued, or admitted later). The state of rules whose definition is unchanged carries over
+  // (keys, counters); new and changed rules start fresh. Fails (and keeps
+  // the running rules) only if the new rule set's decoder cannot be built.
+  struct ReloadResult {
+    std::vector<std::string> carried;  // rules whose state was kept
+    std::vector<std::string> fresh;    // new or changed rules
+  };
+  absl::StatusOr<ReloadResult> Reload(std::shared_ptr<const RuleSet> rules);
 
  private:
   struct Work;
@@ -176,11 +188,19 @@ class Pipeline : public RecordSink {
   void Reject(const Record& record, std::string_view reason);
   void PublishRules(Worker* w);
 
-  std::shared_ptr<const RuleSet> rules_;
+  absl::StatusOr<std::unique_ptr<Decoder>> MakeDecoderFor(
+      const RuleSet& rules) const;
+  void DrainWorkers();
+
+  mutable std::mutex rules_mu_;  // guards rules_ for readers off the path
+  std::shared_ptr<const RuleSet> rules_ ABSL_GUARDED_BY(rules_mu_);
   PipelineOptions options_;
   ViolationFn on_violation_;
+  // Held by the dispatcher while it processes a batch, and by Reload while
+  // it swaps what follows.
+  std::mutex dispatch_mu_;
   std::unique_ptr<Decoder> decoder_;  // dispatcher thread only
-  Engine router_;                     // dispatcher: Prepare + redelivery
+  std::unique_ptr<Engine> router_;    // dispatcher: Prepare + redelivery
   BoundedQueue<Record> admission_;
   std::vector<std::unique_ptr<Worker>> workers_;
   std::thread dispatcher_;

@@ -44,6 +44,10 @@ class AlwaysState final : public RuleState {
 
   TableStats Stats() const override { return TableStats{}; }
 
+  void Rebind(const KindConfig* config) override {
+    c_ = static_cast<const AlwaysConfig*>(config);
+  }
+
  private:
   const AlwaysConfig* c_;
 };

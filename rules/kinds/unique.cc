@@ -90,6 +90,10 @@ class UniqueState final : public RuleState {
                       table_.rejected()};
   }
 
+  void Rebind(const KindConfig* config) override {
+    c_ = static_cast<const UniqueConfig*>(config);
+  }
+
  private:
   int64_t WindowSize() const {
     return c_->window_field != nullptr ? c_->window_size : c_->window_count;

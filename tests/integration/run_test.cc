@@ -1,20 +1,15 @@
 // The real sidecar (`invariantd run`) on loopback: tailing with a restart in
 // the middle (nothing lost, nothing read twice), HTTP ingest with curl,
 // metrics validated by promtool, health, and SIGTERM shutdown.
-#include <fcntl.h>
 #include <signal.h>
-#include <spawn.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
-#include <chrono>
-#include <cstdio>
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
-#include <functional>
-#include <mutex>
+#include <iterator>
+#include <memory>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -23,8 +18,7 @@
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "re2/re2.h"
-
-extern char** environ;
+#include "tests/integration/child_process.h"
 
 namespace invariantd {
 namespace {
@@ -32,102 +26,6 @@ namespace {
 using ::testing::HasSubstr;
 using Json = nlohmann::json;
 namespace fs = std::filesystem;
-
-// Runs a child process and collects its stdout and stderr on threads.
-class Child {
- public:
-  explicit Child(std::vector<std::string> args) {
-    int out[2], err[2];
-    EXPECT_EQ(pipe(out), 0);
-    EXPECT_EQ(pipe(err), 0);
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-    posix_spawn_file_actions_adddup2(&fa, out[1], 1);
-    posix_spawn_file_actions_adddup2(&fa, err[1], 2);
-    for (int fd : {out[0], out[1], err[0], err[1]}) {
-      posix_spawn_file_actions_addclose(&fa, fd);
-    }
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    EXPECT_EQ(posix_spawn(&pid_, argv[0], &fa, nullptr, argv.data(), environ),
-              0);
-    posix_spawn_file_actions_destroy(&fa);
-    close(out[1]);
-    close(err[1]);
-    readers_.emplace_back([this, fd = out[0]] { Drain(fd, &out_); });
-    readers_.emplace_back([this, fd = err[0]] { Drain(fd, &err_); });
-  }
-  ~Child() {
-    if (pid_ > 0) {
-      kill(pid_, SIGKILL);
-      Wait();
-    }
-  }
-
-  std::string out() {
-    std::lock_guard<std::mutex> l(mu_);
-    return out_;
-  }
-  std::string err() {
-    std::lock_guard<std::mutex> l(mu_);
-    return err_;
-  }
-  // Polls `pred` until true or `seconds` pass.
-  bool WaitFor(const std::function<bool()>& pred, int seconds = 30) {
-    const auto deadline =
-        std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
-    while (std::chrono::steady_clock::now() < deadline) {
-      if (pred()) return true;
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-    return pred();
-  }
-  int Signal(int sig) { return kill(pid_, sig); }
-  int Wait() {
-    int status = 0;
-    waitpid(pid_, &status, 0);
-    pid_ = -1;
-    for (auto& t : readers_) t.join();
-    readers_.clear();
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  }
-
- private:
-  void Drain(int fd, std::string* into) {
-    char buf[4096];
-    ssize_t n;
-    while ((n = read(fd, buf, sizeof(buf))) > 0) {
-      std::lock_guard<std::mutex> l(mu_);
-      into->append(buf, static_cast<size_t>(n));
-    }
-    close(fd);
-  }
-  pid_t pid_ = -1;
-  std::mutex mu_;
-  std::string out_, err_;
-  std::vector<std::thread> readers_;
-};
-
-std::string Src(const std::string& p) {
-  return absl::StrCat(INVARIANTD_SOURCE_DIR, "/", p);
-}
-
-size_t Lines(const std::string& s) {
-  return std::count(s.begin(), s.end(), '\n');
-}
-
-// Runs a shell command; returns its exit status and output.
-int Shell(const std::string& cmd, std::string* output) {
-  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
-  if (p == nullptr) return -1;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) output->append(buf, n);
-  const int st = pclose(p);
-  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
 
 class RunTest : public ::testing::Test {
  protected:
@@ -362,6 +260,66 @@ TEST_F(RunTest, OversizedBodiesAndFullQueuesAreRefused) {
   }));
   c->Signal(SIGTERM);
   EXPECT_EQ(c->Wait(), 0);
+}
+
+TEST_F(RunTest, ReloadKeepsRunningRulesOnErrorsAndStateWhenUnchanged) {
+  const fs::path rules = dir_ / "rules.yaml";
+  fs::copy_file(Src("rules/packs/etcd-raft.yaml"), rules);
+  std::vector<std::string> args = {
+      INVARIANTD_BINARY, "run",
+      "--rules",         rules.string(),
+      "--tail",          (dir_ / "logs" / "*.ndjson").string(),
+      "--listen",        "127.0.0.1:0",
+      "--data-dir",      (dir_ / "data").string()};
+  Child c(args);
+  static const LazyRE2 kPort = {R"re("port":"(\d+)")re"};
+  ASSERT_TRUE(
+      c.WaitFor([&] { return RE2::PartialMatch(c.err(), *kPort, &port_); }));
+  Append(0, 100);  // node 1 and 2 state is now known to the rules
+  ASSERT_TRUE(c.WaitFor([&] {
+    std::string m;
+    Shell(absl::StrCat("curl -sf ", Url("/metrics")), &m);
+    return m.find(
+               "invariantd_source_events_total{kind=\"file\",source=\"tail"
+               "\"} 100") != std::string::npos;
+  })) << c.err();
+  // An invalid rule file: the running rules stay, the failure is counted.
+  {
+    std::ofstream r(rules, std::ios::app);
+    r << "  - {name: broken, kind: monotonic, feild: x}\n";
+  }
+  c.Signal(SIGHUP);
+  ASSERT_TRUE(c.WaitFor([&] {
+    return c.err().find("rule reload failed") != std::string::npos;
+  })) << c.err();
+  EXPECT_THAT(c.err(), HasSubstr("unknown field 'feild'"));
+  // A valid change (one more rule), picked up from the file by the watcher
+  // without a signal: the pack's rules keep their state.
+  fs::copy_file(Src("rules/packs/etcd-raft.yaml"), rules,
+                fs::copy_options::overwrite_existing);
+  {
+    std::ofstream r(rules, std::ios::app);
+    r << "  - {name: extra-term-rule, kind: monotonic, key: [event.nid], "
+         "field: event.state.term}\n";
+  }
+  ASSERT_TRUE(c.WaitFor([&] {
+    return c.err().find("\"msg\":\"rules reloaded\"") != std::string::npos;
+  })) << c.err();
+  EXPECT_THAT(c.err(), HasSubstr("\"fresh_state\":\"extra-term-rule\""));
+  // The pack's rules kept their state (the pipeline test checks what that
+  // means for verdicts); the faults after the reload are all caught.
+  EXPECT_THAT(c.err(), HasSubstr("etcd-raft-term-never-regresses,"));
+  Append(100, 140);
+  ASSERT_TRUE(c.WaitFor([&] { return Lines(c.out()) >= 4; })) << c.err();
+  c.Signal(SIGTERM);
+  EXPECT_EQ(c.Wait(), 0);
+  std::vector<std::string> rules_hit;
+  for (auto l : absl::StrSplit(c.out(), '\n', absl::SkipEmpty())) {
+    rules_hit.push_back(Json::parse(l)["rule"]);
+  }
+  EXPECT_THAT(rules_hit, ::testing::Contains("etcd-raft-term-never-regresses"));
+  EXPECT_THAT(rules_hit,
+              ::testing::Contains("etcd-raft-applied-within-commit"));
 }
 
 TEST_F(RunTest, BadConfigurationRefusesToStart) {
