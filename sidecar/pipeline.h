@@ -166,9 +166,10 @@ class Pipeline : public RecordSink {
   // Swaps in a new rule set at a point in the stream: every record is
   // evaluated exactly once, either entirely with the old rules (already
   // dispatched when Reload was called; Reload waits for them) or entirely
-  // with the new ones (still queued, or admitted later). The state of rules whose definition is unchanged carries over
-  // (keys, counters); new and changed rules start fresh. Fails (and keeps
-  // the running rules) only if the new rule set's decoder cannot be built.
+  // with the new ones (still queued, or admitted later). The state of rules
+  // whose definition is unchanged carries over (keys, counters); new and
+  // changed rules start fresh. Fails (and keeps the running rules) only if the
+  // new rule set's decoder cannot be built.
   struct ReloadResult {
     std::vector<std::string> carried;  // rules whose state was kept
     std::vector<std::string> fresh;    // new or changed rules
