@@ -554,7 +554,7 @@ double Percentile(std::vector<double> v, double q) {
 }
 
 int Latency(const Common& c, double rate, double duration, uint64_t every,
-            int tick_us) {
+            int tick_us, const std::string& dump) {
   const MappedFile trace(c.trace);
   const std::string_view src = trace.view();
   const std::string tail_dir = FreshDirs(c);
@@ -647,6 +647,21 @@ int Latency(const Common& c, double rate, double duration, uint64_t every,
                             1e6);
     from_write.push_back(static_cast<double>(it->second - f.written_ns) / 1e6);
   }
+  if (!dump.empty()) {
+    // One line per fault: seconds since the start, latency ms (-1: missing).
+    FILE* f = std::fopen(dump.c_str(), "w");
+    if (f == nullptr) Die("cannot write " + dump);
+    for (const Fault& fault : faults) {
+      const auto it = arrived.find(fault.line);
+      std::fprintf(
+          f, "%.6f %.3f\n",
+          static_cast<double>(fault.intended_ns - start) / 1e9,
+          it == arrived.end()
+              ? -1.0
+              : static_cast<double>(it->second - fault.intended_ns) / 1e6);
+    }
+    std::fclose(f);
+  }
   const double seconds = static_cast<double>(end - start) / 1e9;
   std::printf(
       "RESULT mode=latency workers=%d rate=%.0f achieved_rate=%.0f "
@@ -697,6 +712,7 @@ int main(int argc, char** argv) {
   double duration = 20;
   uint64_t every = 1000;
   int tick_us = 100;
+  std::string dump;
   CLI::App* lat =
       app.add_subcommand("latency", "Append-to-violation latency at a rate");
   AddCommon(lat, &c);
@@ -708,10 +724,12 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(2, 1'000'000'000));
   lat->add_option("--tick-us", tick_us, "Writer wake-up period")
       ->check(CLI::Range(1, 1'000'000));
+  lat->add_option("--dump", dump,
+                  "Write 'seconds-since-start latency-ms' per fault here");
   CLI11_PARSE(app, argc, argv);
 
   ::signal(SIGPIPE, SIG_IGN);
   if (append->parsed()) return AppendFault(fault_trace);
   if (tp->parsed()) return Throughput(c, events);
-  return Latency(c, rate, duration, every, tick_us);
+  return Latency(c, rate, duration, every, tick_us, dump);
 }

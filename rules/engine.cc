@@ -145,6 +145,9 @@ void Engine::Evaluate(const Event& event, const PreparedEvent& p,
       in.key = p.key_hash[rule.key_group];
       st = states_[i]->Observe(in, &finding);
     }
+    if (st == ObserveStatus::kOk && rule.export_gauge && options_.on_gauge) {
+      PublishGauge(rule, event);
+    }
     switch (st) {
       case ObserveStatus::kOk:
         ++c.evaluated;
@@ -196,6 +199,18 @@ Violation Engine::MakeViolation(const Rule& rule, const Event& event,
   v.runbook = rule.runbook;
   v.labels = rule.labels;
   return v;
+}
+
+void Engine::PublishGauge(const Rule& rule, const Event& event) {
+  const EvalResult v = rule.config->GaugeField()->Eval(event);
+  if (v.status != EvalStatus::kOk || !v.value.is_number()) return;
+  std::string key;
+  for (const KeyField& k : rule.key) {
+    const EvalResult r = k.expr->Eval(event);
+    if (!key.empty()) key.push_back(',');
+    key += r.status == EvalStatus::kOk ? r.value.ToText() : "";
+  }
+  options_.on_gauge(rule.name, key, v.value.AsDouble());
 }
 
 std::vector<std::string> Engine::TakeStateFrom(Engine& old) {

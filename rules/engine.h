@@ -16,6 +16,7 @@
 #define INVARIANTD_RULES_ENGINE_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -36,6 +37,9 @@ struct EngineOptions {
   // evaluation), each engine tracks at most ceil(max_keys / shards) of them
   // so the rule's total stays within its max_keys.
   size_t shards = 1;
+  // Called for rules with `export_gauge: true` after each event they
+  // judged: (rule name, key values joined by ",", the field's value).
+  std::function<void(std::string_view, std::string_view, double)> on_gauge;
 };
 
 struct RuleCounters {
@@ -109,6 +113,7 @@ class Engine {
 
  private:
   Hash128 Identity(const Event& event);
+  void PublishGauge(const Rule& rule, const Event& event);
   bool SeenRecently(const Hash128& id);
   // `when` and key for one rule. Returns kOk when the rule applies; its key
   // hash is then in p->key_hash[rule.key_group].

@@ -86,6 +86,9 @@ class KindConfig {
   // absent cannot be judged. A stateless kind (always) judges it anyway and
   // reports the absent key fields as null.
   virtual bool NeedsKey() const { return true; }
+  // The numeric field a rule with `export_gauge: true` publishes as a
+  // protocol-state gauge, or null when the kind has none.
+  virtual const Expr* GaugeField() const { return nullptr; }
   virtual std::unique_ptr<RuleState> NewState(size_t max_keys,
                                               OverflowPolicy policy) const = 0;
 };

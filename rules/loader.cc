@@ -42,8 +42,9 @@ std::string DiagnosticJson(const Diagnostic& d) {
 namespace {
 
 constexpr std::string_view kCommonFields[] = {
-    "name",        "kind",    "when",   "key",      "severity",
-    "description", "runbook", "labels", "max_keys", "on_overflow"};
+    "name",     "kind",        "when",        "key",
+    "severity", "description", "runbook",     "labels",
+    "max_keys", "on_overflow", "export_gauge"};
 constexpr std::string_view kSeverities[] = {"critical", "error", "warning",
                                             "info"};
 constexpr std::string_view kReservedLabels[] = {"alertname", "severity", "kind",
@@ -592,6 +593,16 @@ class RuleLoader {
       }
     }
     if (spec != nullptr) rule.config = spec->compile(kc);
+    if (auto g = kc.Bool("export_gauge")) {
+      rule.export_gauge = *g;
+      if (*g && rule.config != nullptr &&
+          rule.config->GaugeField() == nullptr) {
+        ErrorAt(node["export_gauge"],
+                absl::StrCat("export_gauge needs a numeric field: only "
+                             "monotonic and sequence rules have one, not '",
+                             rule.kind, "'"));
+      }
+    }
     if (diags_.size() != errors_before || rule.config == nullptr) return;
 
     YAML::Emitter canon;

@@ -25,6 +25,7 @@
 //       labels: {team: storage}
 //       max_keys: 1000000
 //       on_overflow: evict_oldest   # or reject_new
+//       export_gauge: false         # monotonic/sequence: field as a gauge
 //
 // Thread-safety: a RuleSet is immutable after loading; share it through
 // std::shared_ptr<const RuleSet> and use it from any thread.
@@ -68,6 +69,8 @@ struct Rule {
   int key_group = 0;  // rules with identical key expressions share a group
   size_t max_keys = kDefaultMaxKeys;
   OverflowPolicy overflow = OverflowPolicy::kEvictOldest;
+  // Publish the rule's field per key as a protocol-state gauge.
+  bool export_gauge = false;
   std::unique_ptr<KindConfig> config;
   std::string file;
   int line = 0;

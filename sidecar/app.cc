@@ -172,6 +172,10 @@ absl::Status App::Start() {
   popts.engine.dedupe_window = config_.dedupe_window;
   Metrics* metrics = s_->metrics.get();
   popts.on_eval_latency = [metrics](double s) { metrics->RuleEvalLatency(s); };
+  popts.engine.on_gauge = [metrics](std::string_view rule, std::string_view key,
+                                    double value) {
+    metrics->ProtocolState(rule, key, value);
+  };
   if (!config_.input_format.empty()) {
     auto f = ParseInputFormat(config_.input_format);
     if (!f.ok()) return f.status();

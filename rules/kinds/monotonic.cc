@@ -16,6 +16,7 @@ struct Monotonic {
   struct Config : KindConfig {
     std::unique_ptr<Expr> field;
     bool strict = false;
+    const Expr* GaugeField() const override { return field.get(); }
     std::unique_ptr<RuleState> NewState(size_t max_keys,
                                         OverflowPolicy p) const override {
       return std::make_unique<KeyedRuleState<Monotonic>>(this, max_keys, p);

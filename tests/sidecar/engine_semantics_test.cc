@@ -13,6 +13,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "rules/rule_set.h"
+#include "sidecar/core/strings.h"
 #include "sidecar/replayer.h"
 #include "sidecar/rule_test.h"
 
@@ -124,6 +125,41 @@ TEST(RuleTestMatchingTest, SpecificExpectationsChooseFirst) {
   EXPECT_EQ(r.passed, 1) << out.str();
   EXPECT_EQ(r.failed, 1) << out.str();
   EXPECT_THAT(out.str(), HasSubstr("must be a string holding one record"));
+}
+
+}  // namespace
+}  // namespace invariantd
+
+namespace invariantd {
+namespace {
+
+TEST(EngineGaugeTest, ExportedRulesPublishTheirFieldPerKey) {
+  LoadResult loaded = LoadRuleText(
+      "rules:\n"
+      "  - {name: term, kind: monotonic, key: [n], field: t, export_gauge: "
+      "true}\n"
+      "  - {name: quiet, kind: monotonic, key: [n], field: t}\n",
+      "t.yaml");
+  ASSERT_TRUE(loaded.ok());
+  std::vector<std::string> seen;
+  EngineOptions o;
+  o.on_gauge = [&](std::string_view rule, std::string_view key, double v) {
+    seen.push_back(absl::StrCat(AV(rule), "/", AV(key), "=", v));
+  };
+  ReplayerOptions ro;
+  ro.engine = o;
+  auto r = Replayer::Create(loaded.rules, ro);
+  ASSERT_TRUE(r.ok());
+  ASSERT_TRUE((*r)->ProcessText("{\"n\":\"a\",\"t\":3}\n{\"n\":\"b\",\"t\":7}\n"
+                                "{\"n\":\"a\"}\n",
+                                "s", [](const Violation&) {})
+                  .ok());
+  EXPECT_THAT(seen, ::testing::ElementsAre("term/a=3", "term/b=7"));
+  LoadResult bad = LoadRuleText(
+      "rules:\n  - {name: g, kind: agreement, field: x, export_gauge: true}\n",
+      "t.yaml");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_THAT(bad.diagnostics[0].message, HasSubstr("export_gauge needs"));
 }
 
 }  // namespace
