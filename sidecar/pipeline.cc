@@ -118,42 +118,56 @@ void Pipeline::Stop() {
 }
 
 bool Pipeline::Push(Record record) {
-  const uint64_t n = 1;
   if (!admission_.Push(std::move(record))) return false;
-  std::lock_guard<std::mutex> l(stats_mu_);
-  stats_.records += n;
+  records_.fetch_add(1, std::memory_order_relaxed);
   return true;
 }
 
 bool Pipeline::TryPushBatch(std::vector<Record>* batch) {
   const uint64_t n = batch->size();
   if (!admission_.TryPushAll(batch)) return false;
-  std::lock_guard<std::mutex> l(stats_mu_);
-  stats_.records += n;
+  records_.fetch_add(n, std::memory_order_relaxed);
   return true;
 }
 
 void Pipeline::Reject(const Record& record, std::string_view reason) {
-  {
-    std::lock_guard<std::mutex> l(stats_mu_);
-    ++stats_.rejected[std::string(reason)];
-    ++stats_.rejected_by_kind[{std::string(SourceKind(record.source)),
-                               std::string(reason)}];
-  }
+  ++dispatch_stats_.rejected[std::string(reason)];
+  ++dispatch_stats_.rejected_by_kind[{std::string(SourceKind(record.source)),
+                                      std::string(reason)}];
   if (record.acker != nullptr) record.acker->Processed(record.ack_seq);
+}
+
+void Pipeline::PublishDispatchStats() {
+  std::lock_guard<std::mutex> l(stats_mu_);
+  stats_.events = dispatch_stats_.events;
+  stats_.redelivered = dispatch_stats_.redelivered;
+  stats_.rejected = dispatch_stats_.rejected;
+  stats_.events_by_kind = dispatch_stats_.events_by_kind;
+  stats_.rejected_by_kind = dispatch_stats_.rejected_by_kind;
+  stats_.redelivered_by_kind = dispatch_stats_.redelivered_by_kind;
 }
 
 void Pipeline::DispatchLoop() {
   std::vector<Record> batch;
+  std::vector<std::vector<Work*>> outbox(workers_.size());
   while (admission_.PopBatch(&batch, 256)) {
     std::lock_guard<std::mutex> l(dispatch_mu_);
-    for (Record& r : batch) Dispatch(std::move(r));
+    for (Record& r : batch) Dispatch(std::move(r), &outbox);
     batch.clear();
+    for (size_t k = 0; k < workers_.size(); ++k) {
+      if (outbox[k].empty()) continue;
+      if (!workers_[k]->queue.PushAll(&outbox[k])) {
+        for (Work* w : outbox[k]) Finish(w);
+        outbox[k].clear();
+      }
+    }
+    PublishDispatchStats();
   }
   for (auto& w : workers_) w->queue.Close();
 }
 
-void Pipeline::Dispatch(Record record) {
+void Pipeline::Dispatch(Record record,
+                        std::vector<std::vector<Work*>>* outbox) {
   if (record.too_long) {
     Reject(record, reject::kLineTooLong);
     return;
@@ -205,11 +219,9 @@ void Pipeline::Dispatch(Record record) {
   w.prepared = router_->NewPrepared();
   router_->Prepare(w.event, &w.prepared);
   if (router_->IsRedelivery(w.prepared.identity)) {
-    {
-      std::lock_guard<std::mutex> l(stats_mu_);
-      ++stats_.redelivered;
-      ++stats_.redelivered_by_kind[std::string(SourceKind(w.record.source))];
-    }
+    ++dispatch_stats_.redelivered;
+    ++dispatch_stats_
+          .redelivered_by_kind[std::string(SourceKind(w.record.source))];
     if (w.record.acker != nullptr) w.record.acker->Processed(w.record.ack_seq);
     return;
   }
@@ -229,16 +241,11 @@ void Pipeline::Dispatch(Record record) {
   }
   if (targets == 0) targets = 1;
   w.remaining.store(__builtin_popcountll(targets));
-  {
-    std::lock_guard<std::mutex> l(stats_mu_);
-    ++stats_.events;
-    ++stats_.events_by_kind[std::string(SourceKind(w.record.source))];
-  }
+  ++dispatch_stats_.events;
+  ++dispatch_stats_.events_by_kind[std::string(SourceKind(w.record.source))];
   Work* raw_work = work.release();
   for (size_t k = 0; k < workers_.size(); ++k) {
-    if (targets & (uint64_t{1} << k)) {
-      if (!workers_[k]->queue.Push(raw_work)) Finish(raw_work);
-    }
+    if (targets & (uint64_t{1} << k)) (*outbox)[k].push_back(raw_work);
   }
 }
 
@@ -289,10 +296,7 @@ void Pipeline::WorkerLoop(Worker* w) {
                 .count());
       }
       if (!out.empty()) {
-        {
-          std::lock_guard<std::mutex> l(stats_mu_);
-          stats_.violations += out.size();
-        }
+        violations_.fetch_add(out.size(), std::memory_order_relaxed);
         for (const Violation& v : out) on_violation_(v);
       }
       Finish(work);
@@ -311,6 +315,8 @@ PipelineStats Pipeline::Stats() const {
     std::lock_guard<std::mutex> l(stats_mu_);
     s = stats_;
   }
+  s.records = records_.load(std::memory_order_relaxed);
+  s.violations = violations_.load(std::memory_order_relaxed);
   s.queue_depth = admission_.size();
   return s;
 }

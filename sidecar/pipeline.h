@@ -65,6 +65,26 @@ class BoundedQueue {
     not_empty_.notify_one();
     return true;
   }
+  // Pushes all of `items` in order, blocking while full (one lock and one
+  // wake-up per chunk rather than per item); false once closed (the rest
+  // are not taken and stay in `items`).
+  bool PushAll(std::vector<T>* items) {
+    size_t i = 0;
+    std::unique_lock<std::mutex> l(mu_);
+    while (i < items->size()) {
+      not_full_.wait(l, [&] { return closed_ || items_.size() < capacity_; });
+      if (closed_) {
+        items->erase(items->begin(), items->begin() + i);
+        return false;
+      }
+      while (i < items->size() && items_.size() < capacity_) {
+        items_.push_back(std::move((*items)[i++]));
+      }
+      not_empty_.notify_one();
+    }
+    items->clear();
+    return true;
+  }
   // Moves up to `max` items into `out`; blocks while empty and open.
   // Returns false when closed and drained.
   bool PopBatch(std::vector<T>* out, size_t max) {
@@ -183,7 +203,11 @@ class Pipeline : public RecordSink {
   Pipeline(std::shared_ptr<const RuleSet> rules, PipelineOptions options,
            ViolationFn on_violation);
   void DispatchLoop();
-  void Dispatch(Record record);
+  // Decodes and routes one record; queues the work item for its workers
+  // in `outbox` (by worker), handed over once per batch.
+  void Dispatch(Record record, std::vector<std::vector<Work*>>* outbox);
+  // Dispatcher-thread counters, published to stats_ once per batch.
+  void PublishDispatchStats();
   void WorkerLoop(Worker* w);
   void Finish(Work* work);
   void Reject(const Record& record, std::string_view reason);
@@ -210,6 +234,9 @@ class Pipeline : public RecordSink {
 
   mutable std::mutex stats_mu_;
   PipelineStats stats_ ABSL_GUARDED_BY(stats_mu_);
+  PipelineStats dispatch_stats_;  // dispatcher thread only
+  std::atomic<uint64_t> records_{0};
+  std::atomic<uint64_t> violations_{0};
 };
 
 }  // namespace invariantd
