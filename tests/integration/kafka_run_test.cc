@@ -238,20 +238,22 @@ class KafkaRunTest : public ::testing::Test {
     fs::remove_all(dir_);
   }
 
-  // Starts `invariantd run` on the topic and waits for its HTTP port.
-  std::unique_ptr<Child> Start() {
-    auto c = std::make_unique<Child>(std::vector<std::string>{
+  // Starts `invariantd run` on the topic into *c and waits for its HTTP
+  // port.
+  void Start(std::unique_ptr<Child>* c) {
+    *c = std::make_unique<Child>(std::vector<std::string>{
         INVARIANTD_BINARY, "run", "--rules", Src("rules/packs/etcd-raft.yaml"),
         "--config", (dir_ / "config.yaml").string(), "--listen", "127.0.0.1:0",
         "--data-dir", (dir_ / "data").string(), "--kafka-brokers",
         cluster_->bootstraps(), "--kafka-topic", topic_, "--kafka-group",
         group_});
     static const LazyRE2 kPort = {R"re("port":"(\d+)")re"};
-    EXPECT_TRUE(
-        c->WaitFor([&] { return RE2::PartialMatch(c->err(), *kPort, &port_); },
-                   kDeadlineSeconds))
-        << c->err();
-    return c;
+    Child* child = c->get();
+    port_ = 0;
+    ASSERT_TRUE(child->WaitFor(
+        [&] { return RE2::PartialMatch(child->err(), *kPort, &port_); },
+        kDeadlineSeconds))
+        << child->err();
   }
 
   void Produce(size_t from, size_t to) {
@@ -345,7 +347,8 @@ TEST_F(KafkaRunTest, ReportsViolationsAtTheirKafkaPartitionAndOffset) {
   // Everything before the second leader of term 2 (line 118) first, so the
   // daemon has seen node 3 lead term 2 before node 2 claims it.
   ASSERT_NO_FATAL_FAILURE(Produce(0, 117));
-  auto c = Start();
+  std::unique_ptr<Child> c;
+  ASSERT_NO_FATAL_FAILURE(Start(&c));
   ASSERT_NO_FATAL_FAILURE(WaitEvents(c.get(), 117));
   ASSERT_NO_FATAL_FAILURE(Produce(117, 140));
   ASSERT_NO_FATAL_FAILURE(WaitEvents(c.get(), 140));
@@ -383,7 +386,8 @@ TEST_F(KafkaRunTest, RestartInTheSameGroupReportsEachViolationOnce) {
   ASSERT_NO_FATAL_FAILURE(Produce(0, 110));
   std::string first_out;
   {
-    auto c = Start();
+    std::unique_ptr<Child> c;
+    ASSERT_NO_FATAL_FAILURE(Start(&c));
     // Everything processed before the stop: its offsets are committed.
     ASSERT_NO_FATAL_FAILURE(WaitEvents(c.get(), 110, /*lag_zero=*/true));
     ASSERT_TRUE(
@@ -413,7 +417,8 @@ TEST_F(KafkaRunTest, RestartInTheSameGroupReportsEachViolationOnce) {
   ASSERT_NO_FATAL_FAILURE(Produce(110, 117));
   std::string second_out;
   {
-    auto c = Start();
+    std::unique_ptr<Child> c;
+    ASSERT_NO_FATAL_FAILURE(Start(&c));
     // Exactly 7 events: nothing committed by the first run is read again.
     ASSERT_NO_FATAL_FAILURE(WaitEvents(c.get(), 7));
     ASSERT_NO_FATAL_FAILURE(Produce(117, 140));
@@ -435,7 +440,8 @@ TEST_F(KafkaRunTest, RestartInTheSameGroupReportsEachViolationOnce) {
 }
 
 TEST_F(KafkaRunTest, MetricsCountEveryConsumedEvent) {
-  auto c = Start();
+  std::unique_ptr<Child> c;
+  ASSERT_NO_FATAL_FAILURE(Start(&c));
   // Produced while the daemon runs, all at once.
   ASSERT_TRUE(c->WaitFor([&] { return !Notices(c->err(), "assigned").empty(); },
                          kDeadlineSeconds))
