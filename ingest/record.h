@@ -17,6 +17,7 @@
 #ifndef INVARIANTD_INGEST_RECORD_H_
 #define INVARIANTD_INGEST_RECORD_H_
 
+#include <cstddef>
 #include <cstdint>
 #include <map>
 #include <mutex>
@@ -31,6 +32,11 @@ class Acker {
   virtual ~Acker() = default;
   // Called once per record with the record's ack_seq. Thread-safe.
   virtual void Processed(uint64_t ack_seq) = 0;
+  // The same for `n` records at once (the pipeline acknowledges a worker's
+  // batch in one call); an acker that takes a lock per call overrides it.
+  virtual void ProcessedBatch(const uint64_t* ack_seqs, size_t n) {
+    for (size_t i = 0; i < n; ++i) Processed(ack_seqs[i]);
+  }
 };
 
 struct Record {
@@ -59,6 +65,17 @@ class RecordSink {
   // Admits all of `batch` (moving from it) or nothing; false when there is
   // no room for the whole batch now (or the pipeline is stopping).
   virtual bool TryPushBatch(std::vector<Record>* batch) = 0;
+  // Admits all of `batch` in order, blocking while the sink is full; false
+  // when the sink is stopping, with the records not admitted left in
+  // `batch` (the admitted ones are removed from its front).
+  virtual bool PushAll(std::vector<Record>* batch) {
+    size_t i = 0;
+    for (; i < batch->size(); ++i) {
+      if (!Push(std::move((*batch)[i]))) break;
+    }
+    batch->erase(batch->begin(), batch->begin() + static_cast<long>(i));
+    return batch->empty();
+  }
 };
 
 // Tracks out-of-order completions of an in-order sequence and reports the

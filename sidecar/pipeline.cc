@@ -11,10 +11,20 @@
 
 namespace invariantd {
 
+namespace {
+
+constexpr std::string_view kSourceKinds[] = {"file", "http", "kafka"};
+
+int SourceKindIndex(std::string_view source) {
+  if (source.substr(0, 6) == "kafka:") return 2;
+  if (source == "http") return 1;
+  return 0;
+}
+
+}  // namespace
+
 std::string_view SourceKind(std::string_view source) {
-  if (source.substr(0, 6) == "kafka:") return "kafka";
-  if (source == "http") return "http";
-  return "file";
+  return kSourceKinds[SourceKindIndex(source)];
 }
 
 // One event in flight between the dispatcher and the workers. Owns every
@@ -29,6 +39,7 @@ struct Pipeline::Work {
   PreparedEvent prepared;
   std::vector<uint16_t> shard;  // by rule: which worker evaluates it
   std::atomic<int> remaining{0};
+  uint64_t generation = ~uint64_t{0};  // rule set `prepared` is sized for
 };
 
 struct Pipeline::Worker {
@@ -96,7 +107,12 @@ Pipeline::Pipeline(std::shared_ptr<const RuleSet> rules,
   stats_.queue_capacity = options_.queue_capacity;
 }
 
-Pipeline::~Pipeline() { Stop(); }
+Pipeline::~Pipeline() {
+  Stop();
+  for (Work* w : local_pool_) delete w;
+  std::lock_guard<std::mutex> l(pool_mu_);
+  for (Work* w : pool_) delete w;
+}
 
 void Pipeline::Start() {
   if (started_) return;
@@ -123,6 +139,13 @@ bool Pipeline::Push(Record record) {
   return true;
 }
 
+bool Pipeline::PushAll(std::vector<Record>* batch) {
+  const uint64_t n = batch->size();
+  const bool ok = admission_.PushAll(batch);
+  records_.fetch_add(n - batch->size(), std::memory_order_relaxed);
+  return ok;
+}
+
 bool Pipeline::TryPushBatch(std::vector<Record>* batch) {
   const uint64_t n = batch->size();
   if (!admission_.TryPushAll(batch)) return false;
@@ -131,38 +154,67 @@ bool Pipeline::TryPushBatch(std::vector<Record>* batch) {
 }
 
 void Pipeline::Reject(const Record& record, std::string_view reason) {
-  ++dispatch_stats_.rejected[std::string(reason)];
-  ++dispatch_stats_.rejected_by_kind[{std::string(SourceKind(record.source)),
-                                      std::string(reason)}];
+  ++dispatch_.rejected[{std::string(SourceKind(record.source)),
+                        std::string(reason)}];
   if (record.acker != nullptr) record.acker->Processed(record.ack_seq);
 }
 
 void Pipeline::PublishDispatchStats() {
+  last_dispatch_publish_ = std::chrono::steady_clock::now();
   std::lock_guard<std::mutex> l(stats_mu_);
-  stats_.events = dispatch_stats_.events;
-  stats_.redelivered = dispatch_stats_.redelivered;
-  stats_.rejected = dispatch_stats_.rejected;
-  stats_.events_by_kind = dispatch_stats_.events_by_kind;
-  stats_.rejected_by_kind = dispatch_stats_.rejected_by_kind;
-  stats_.redelivered_by_kind = dispatch_stats_.redelivered_by_kind;
+  stats_.events = stats_.redelivered = 0;
+  for (int k = 0; k < 3; ++k) {
+    const std::string kind(kSourceKinds[k]);
+    stats_.events += dispatch_.events[k];
+    stats_.redelivered += dispatch_.redelivered[k];
+    if (dispatch_.events[k] != 0) {
+      stats_.events_by_kind[kind] = dispatch_.events[k];
+    }
+    if (dispatch_.redelivered[k] != 0) {
+      stats_.redelivered_by_kind[kind] = dispatch_.redelivered[k];
+    }
+  }
+  stats_.rejected_by_kind = dispatch_.rejected;
+  stats_.rejected.clear();
+  for (const auto& [kind_reason, n] : dispatch_.rejected) {
+    stats_.rejected[kind_reason.second] += n;
+  }
+}
+
+Pipeline::Work* Pipeline::NewWork() {
+  if (local_pool_.empty()) {
+    std::lock_guard<std::mutex> l(pool_mu_);
+    local_pool_.swap(pool_);
+  }
+  if (local_pool_.empty()) return new Work();
+  Work* w = local_pool_.back();
+  local_pool_.pop_back();
+  return w;
 }
 
 void Pipeline::DispatchLoop() {
   std::vector<Record> batch;
   std::vector<std::vector<Work*>> outbox(workers_.size());
-  while (admission_.PopBatch(&batch, 256)) {
+  std::vector<Work*> done;
+  bool drained = false;
+  while (admission_.PopBatch(&batch, 256, &drained)) {
     std::lock_guard<std::mutex> l(dispatch_mu_);
     for (Record& r : batch) Dispatch(std::move(r), &outbox);
     batch.clear();
     for (size_t k = 0; k < workers_.size(); ++k) {
       if (outbox[k].empty()) continue;
       if (!workers_[k]->queue.PushAll(&outbox[k])) {
-        for (Work* w : outbox[k]) Finish(w);
+        for (Work* w : outbox[k]) Finish(w, &done);
         outbox[k].clear();
+        Retire(&done);
       }
     }
-    PublishDispatchStats();
+    if (drained || std::chrono::steady_clock::now() - last_dispatch_publish_ >
+                       std::chrono::milliseconds(100)) {
+      PublishDispatchStats();
+    }
   }
+  PublishDispatchStats();
   for (auto& w : workers_) w->queue.Close();
 }
 
@@ -172,13 +224,19 @@ void Pipeline::Dispatch(Record record,
     Reject(record, reject::kLineTooLong);
     return;
   }
-  auto work = std::make_unique<Work>();
-  work->record = std::move(record);
-  Work& w = *work;
-  w.raw.reserve(w.record.bytes.size() + kLinePadding);
-  w.raw.assign(w.record.bytes);
+  Work& w = *NewWork();
+  w.barrier = nullptr;
+  w.record = std::move(record);
+  // The decoder reads up to kLinePadding bytes past the end: take the
+  // record's buffer when the source left room for that, else copy.
+  const size_t size = w.record.bytes.size();
+  if (w.record.bytes.capacity() >= size + kLinePadding) {
+    w.raw.swap(w.record.bytes);
+  } else {
+    w.raw.assign(w.record.bytes);
+  }
   w.raw.append(kLinePadding, '\0');
-  const std::string_view text(w.raw.data(), w.record.bytes.size());
+  const std::string_view text(w.raw.data(), size);
   const RuleSet& rule_set = router_->rules();
   const FieldSet& fields = rule_set.fields();
   w.event.Reset(fields.size());
@@ -188,6 +246,7 @@ void Pipeline::Dispatch(Record record,
   std::string_view reason;
   if (!decoder_->Decode(text, &w.event, &reason).ok()) {
     Reject(w.record, reason);
+    local_pool_.push_back(&w);
     return;
   }
   // Strings the decoder unescaped live in its buffers, which the next
@@ -201,6 +260,7 @@ void Pipeline::Dispatch(Record record,
       need += v.str().size();
     }
   }
+  w.arena.clear();
   w.arena.reserve(need);
   for (Value& v : w.event.fields) {
     if ((v.is_string() || v.is_json()) &&
@@ -216,13 +276,16 @@ void Pipeline::Dispatch(Record record,
     const int slot = fields.FindDotted(key);
     if (slot >= 0) w.event.fields[slot] = Value::String(value);
   }
-  w.prepared = router_->NewPrepared();
+  if (w.generation != generation_) {
+    w.prepared = router_->NewPrepared();
+    w.generation = generation_;
+  }
   router_->Prepare(w.event, &w.prepared);
+  const int kind = SourceKindIndex(w.record.source);
   if (router_->IsRedelivery(w.prepared.identity)) {
-    ++dispatch_stats_.redelivered;
-    ++dispatch_stats_
-          .redelivered_by_kind[std::string(SourceKind(w.record.source))];
+    ++dispatch_.redelivered[kind];
     if (w.record.acker != nullptr) w.record.acker->Processed(w.record.ack_seq);
+    local_pool_.push_back(&w);
     return;
   }
   // Route each rule to the worker owning its key; rules that do not apply
@@ -240,21 +303,34 @@ void Pipeline::Dispatch(Record record,
     targets |= uint64_t{1} << w.shard[i];
   }
   if (targets == 0) targets = 1;
-  w.remaining.store(__builtin_popcountll(targets));
-  ++dispatch_stats_.events;
-  ++dispatch_stats_.events_by_kind[std::string(SourceKind(w.record.source))];
-  Work* raw_work = work.release();
+  w.remaining.store(__builtin_popcountll(targets), std::memory_order_relaxed);
+  ++dispatch_.events[kind];
   for (size_t k = 0; k < workers_.size(); ++k) {
-    if (targets & (uint64_t{1} << k)) (*outbox)[k].push_back(raw_work);
+    if (targets & (uint64_t{1} << k)) (*outbox)[k].push_back(&w);
   }
 }
 
-void Pipeline::Finish(Work* work) {
-  if (work->remaining.fetch_sub(1) != 1) return;
-  if (work->record.acker != nullptr) {
-    work->record.acker->Processed(work->record.ack_seq);
+void Pipeline::Finish(Work* work, std::vector<Work*>* done) {
+  if (work->remaining.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+  done->push_back(work);
+}
+
+void Pipeline::Retire(std::vector<Work*>* done) {
+  if (done->empty()) return;
+  std::vector<uint64_t> seqs;
+  seqs.reserve(done->size());
+  size_t i = 0;
+  while (i < done->size()) {
+    Acker* acker = (*done)[i]->record.acker;
+    seqs.clear();
+    for (; i < done->size() && (*done)[i]->record.acker == acker; ++i) {
+      seqs.push_back((*done)[i]->record.ack_seq);
+    }
+    if (acker != nullptr) acker->ProcessedBatch(seqs.data(), seqs.size());
   }
-  delete work;
+  std::lock_guard<std::mutex> l(pool_mu_);
+  pool_.insert(pool_.end(), done->begin(), done->end());
+  done->clear();
 }
 
 void Pipeline::PublishRules(Worker* w) {
@@ -265,6 +341,7 @@ void Pipeline::PublishRules(Worker* w) {
 
 void Pipeline::WorkerLoop(Worker* w) {
   std::vector<Work*> batch;
+  std::vector<Work*> done;
   std::vector<Violation> out;
   PublishRules(w);
   while (w->queue.PopBatch(&batch, 64)) {
@@ -299,9 +376,10 @@ void Pipeline::WorkerLoop(Worker* w) {
         violations_.fetch_add(out.size(), std::memory_order_relaxed);
         for (const Violation& v : out) on_violation_(v);
       }
-      Finish(work);
+      Finish(work, &done);
     }
     batch.clear();
+    Retire(&done);
     // Last touch of this round: after it, Reload may replace the engine;
     // the next PopBatch (under the queue's mutex) sees the new one.
     if (barrier != nullptr) barrier->set_value();
@@ -362,6 +440,7 @@ absl::StatusOr<Pipeline::ReloadResult> Pipeline::Reload(
   }
   router_ = std::move(router);
   decoder_ = *std::move(decoder);
+  ++generation_;  // pooled work items re-size their PreparedEvent
   for (auto& w : workers_) {
     PublishRules(w.get());
   }

@@ -20,6 +20,7 @@
 #define INVARIANTD_SIDECAR_PIPELINE_H_
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -86,16 +87,20 @@ class BoundedQueue {
     return true;
   }
   // Moves up to `max` items into `out`; blocks while empty and open.
-  // Returns false when closed and drained.
-  bool PopBatch(std::vector<T>* out, size_t max) {
+  // Returns false when closed and drained. `*drained` (optional) tells
+  // whether the queue was left empty.
+  bool PopBatch(std::vector<T>* out, size_t max, bool* drained = nullptr) {
     std::unique_lock<std::mutex> l(mu_);
     not_empty_.wait(l, [&] { return closed_ || !items_.empty(); });
     if (items_.empty()) return false;
+    const bool was_full = items_.size() >= capacity_;
     while (!items_.empty() && out->size() < max) {
       out->push_back(std::move(items_.front()));
       items_.pop_front();
     }
-    not_full_.notify_all();
+    if (drained != nullptr) *drained = items_.empty();
+    // Pushers wait only while the queue is full.
+    if (was_full) not_full_.notify_all();
     return true;
   }
   // No more pushes; poppers drain what is queued, then see the end.
@@ -176,6 +181,7 @@ class Pipeline : public RecordSink {
 
   bool Push(Record record) override;
   bool TryPushBatch(std::vector<Record>* batch) override;
+  bool PushAll(std::vector<Record>* batch) override;
 
   PipelineStats Stats() const;
   // Per-rule counters as last published by the workers (at most ~0.5 s
@@ -206,10 +212,16 @@ class Pipeline : public RecordSink {
   // Decodes and routes one record; queues the work item for its workers
   // in `outbox` (by worker), handed over once per batch.
   void Dispatch(Record record, std::vector<std::vector<Work*>>* outbox);
-  // Dispatcher-thread counters, published to stats_ once per batch.
+  // Dispatcher-thread counters, published to stats_ when the admission
+  // queue runs empty and at least every 100 ms under load.
   void PublishDispatchStats();
   void WorkerLoop(Worker* w);
-  void Finish(Work* work);
+  // One worker is done with `work`; the last one queues it in `done`.
+  void Finish(Work* work, std::vector<Work*>* done);
+  // Acknowledges the records of `done` (one call per run of the same
+  // acker) and returns the work items to the pool.
+  void Retire(std::vector<Work*>* done);
+  Work* NewWork();  // from the pool (dispatcher thread)
   void Reject(const Record& record, std::string_view reason);
   void PublishRules(Worker* w);
 
@@ -232,9 +244,23 @@ class Pipeline : public RecordSink {
   bool started_ = false;
   bool stopped_ = false;
 
+  // Work items are recycled: each keeps the capacity of its buffers, so the
+  // steady state allocates nothing per event.
+  std::mutex pool_mu_;
+  std::vector<Work*> pool_ ABSL_GUARDED_BY(pool_mu_);
+  std::vector<Work*> local_pool_;  // dispatcher thread only
+  uint64_t generation_ = 0;        // of the rule set; bumped by Reload
+
   mutable std::mutex stats_mu_;
   PipelineStats stats_ ABSL_GUARDED_BY(stats_mu_);
-  PipelineStats dispatch_stats_;  // dispatcher thread only
+  // Dispatcher-thread counters: by source kind (file, http, kafka), and
+  // rejections by reason.
+  struct DispatchCounters {
+    uint64_t events[3] = {0, 0, 0};
+    uint64_t redelivered[3] = {0, 0, 0};
+    std::map<std::pair<std::string, std::string>, uint64_t> rejected;
+  } dispatch_;
+  std::chrono::steady_clock::time_point last_dispatch_publish_;
   std::atomic<uint64_t> records_{0};
   std::atomic<uint64_t> violations_{0};
 };

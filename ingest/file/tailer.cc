@@ -18,6 +18,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "ingest/line_reader.h"
+#include "sidecar/core/event.h"
 #include "sidecar/core/hash.h"
 #include "sidecar/core/strings.h"
 
@@ -32,6 +33,8 @@ constexpr uint64_t kFingerprintBytes = 1024;
 constexpr size_t kReadChunk = 64 << 10;
 // Bytes read from one file before the others get their turn.
 constexpr uint64_t kSliceBytes = 4 << 20;
+// Records handed to the pipeline at once (one lock, one wake-up).
+constexpr size_t kBatchRecords = 256;
 
 constexpr uint32_t kWatchMask = IN_CREATE | IN_MOVED_TO | IN_MOVED_FROM |
                                 IN_DELETE | IN_MODIFY | IN_CLOSE_WRITE |
@@ -194,27 +197,55 @@ TailStats FileTailer::Stats() const {
   return s;
 }
 
-void FileTailer::Processed(uint64_t ack_seq) {
+void FileTailer::Processed(uint64_t ack_seq) { ProcessedBatch(&ack_seq, 1); }
+
+void FileTailer::ProcessedBatch(const uint64_t* ack_seqs, size_t n) {
   std::lock_guard<std::mutex> l(mu_);
-  auto it = seq_file_.find(ack_seq);
-  if (it == seq_file_.end()) return;
-  const uint64_t file_id = it->second;
-  seq_file_.erase(it);
+  uint64_t id = 0;
+  Tracked* tr = nullptr;
+  for (size_t i = 0; i < n; ++i) {
+    const uint64_t file_id = ack_seqs[i] >> kSeqBits;
+    if (file_id != id || tr == nullptr) {
+      if (tr != nullptr) Settle(id);
+      id = file_id;
+      auto t = tracked_.find(id);
+      tr = t == tracked_.end() ? nullptr : &t->second;
+      if (tr == nullptr) continue;
+    }
+    // Sequence numbers in in_flight are consecutive; one below its front
+    // is a stale ack (the file was truncated since) or a duplicate.
+    if (tr->in_flight.empty()) continue;
+    const uint64_t local = ack_seqs[i] & kSeqMask;
+    const uint64_t front = tr->in_flight.front().seq;
+    if (local < front || local - front >= tr->in_flight.size()) continue;
+    tr->in_flight[local - front].done = true;
+  }
+  if (tr != nullptr) Settle(id);
+}
+
+void FileTailer::Settle(uint64_t file_id) {
   auto t = tracked_.find(file_id);
   if (t == tracked_.end()) return;
   Tracked& tr = t->second;
-  // Absent when the file was truncated since (a stale ack).
-  auto f = std::lower_bound(
-      tr.in_flight.begin(), tr.in_flight.end(), ack_seq,
-      [](const InFlight& x, uint64_t seq) { return x.seq < seq; });
-  if (f == tr.in_flight.end() || f->seq != ack_seq) return;
-  f->done = true;
   while (!tr.in_flight.empty() && tr.in_flight.front().done) {
     tr.committed.offset = tr.in_flight.front().end_offset;
     tr.committed.line = tr.in_flight.front().line;
     tr.in_flight.pop_front();
   }
   if (tr.retired && tr.in_flight.empty()) tracked_.erase(t);
+}
+
+uint64_t FileTailer::NewFileId() {
+  std::lock_guard<std::mutex> l(mu_);
+  // Ids live in the top bits of ack_seq; they wrap after 2^24 files, skipping
+  // any still tracked.
+  while (true) {
+    const uint64_t id = next_file_id_;
+    next_file_id_ = next_file_id_ + 1 == (uint64_t{1} << (64 - kSeqBits))
+                        ? 1
+                        : next_file_id_ + 1;
+    if (!tracked_.contains(id)) return id;
+  }
 }
 
 void FileTailer::Notice(std::string_view event, std::string_view path,
@@ -339,7 +370,7 @@ bool FileTailer::Discover(bool first) {
     ClearError(path);
 
     auto f = std::make_unique<OpenFile>();
-    f->id = next_file_id_++;
+    f->id = NewFileId();
     f->path = path;
     f->fd = fd;
     f->dev = key.first;
@@ -491,6 +522,12 @@ bool FileTailer::ReadFile(OpenFile& f, bool* close) {
 }
 
 FileTailer::PassResult FileTailer::Pass(OpenFile& f, bool final) {
+  const PassResult result = ReadLines(f, final);
+  if (!Flush(f)) return PassResult::kStopped;
+  return result;
+}
+
+FileTailer::PassResult FileTailer::ReadLines(OpenFile& f, bool final) {
   const uint64_t start = f.offset + f.skip_bytes;
   if (::lseek(f.fd, static_cast<off_t>(start), SEEK_SET) < 0) {
     NoticeErrorOnce(f.path, absl::StrCat("lseek: ", ErrnoText(errno)));
@@ -503,7 +540,7 @@ FileTailer::PassResult FileTailer::Pass(OpenFile& f, bool final) {
   f.partial = 0;
   uint64_t slice = 0;
   while (true) {
-    if (stop_.load()) return PassResult::kStopped;
+    if (stop_.load(std::memory_order_relaxed)) return PassResult::kStopped;
     absl::StatusOr<std::optional<Line>> next = reader.Next();
     if (!next.ok()) {
       NoticeErrorOnce(f.path, absl::StrCat("read: ", next.status().message()));
@@ -528,6 +565,8 @@ FileTailer::PassResult FileTailer::Pass(OpenFile& f, bool final) {
         (line.too_long ? f.skip_bytes : f.partial) = line.length;
         return PassResult::kEnd;
       }
+      // Room for the decoder's padding, so the pipeline never reallocates.
+      r.bytes.reserve(line.text.size() + kLinePadding);
       r.bytes.assign(line.text.data(), line.text.size());
       r.too_long = line.too_long;
       r.length = line.length;
@@ -537,41 +576,49 @@ FileTailer::PassResult FileTailer::Pass(OpenFile& f, bool final) {
     r.stream = (f.dev * 0x9E3779B97F4A7C15ULL) ^ f.ino;  // this inode
     r.line = f.line + 1;
     r.offset = f.offset;
-    if (!Deliver(f, std::move(r), f.offset + consumed)) {
-      return PassResult::kStopped;
-    }
     f.offset += consumed;
     f.line += 1;
     f.skip_bytes = 0;
+    batch_.push_back(std::move(r));
+    batch_end_.push_back(f.offset);
+    if (batch_.size() >= kBatchRecords && !Flush(f)) {
+      return PassResult::kStopped;
+    }
     slice += consumed;
     if (slice >= kSliceBytes) return PassResult::kBudget;
   }
 }
 
-bool FileTailer::Deliver(OpenFile& f, Record record, uint64_t end_offset) {
-  const bool too_long = record.too_long;
+bool FileTailer::Flush(OpenFile& f) {
+  if (batch_.empty()) return true;
+  const size_t n = batch_.size();
+  uint64_t too_long = 0;
   {
     std::lock_guard<std::mutex> l(mu_);
-    record.ack_seq = next_seq_++;
-    seq_file_[record.ack_seq] = f.id;
-    tracked_[f.id].in_flight.push_back(
-        InFlight{record.ack_seq, end_offset, record.line, false});
+    Tracked& t = tracked_[f.id];
+    for (size_t i = 0; i < n; ++i) {
+      Record& r = batch_[i];
+      const uint64_t local = t.next_seq++;
+      r.ack_seq = (f.id << kSeqBits) | local;
+      r.acker = this;
+      t.in_flight.push_back(InFlight{local, batch_end_[i], r.line, false});
+      if (r.too_long) ++too_long;
+    }
   }
-  record.acker = this;
-  const uint64_t seq = record.ack_seq;
-  if (!sink_->Push(std::move(record))) {
-    // Not admitted: forget it (it was the file's last registration).
+  batch_end_.clear();
+  // Records not admitted (the pipeline is stopping) stay registered: their
+  // lines are never acknowledged, so the committed position stays before
+  // them and a restart reads them again.
+  const bool ok = sink_->PushAll(&batch_);
+  const size_t admitted = n - batch_.size();
+  batch_.clear();
+  {
     std::lock_guard<std::mutex> l(mu_);
-    seq_file_.erase(seq);
-    auto& q = tracked_[f.id].in_flight;
-    if (!q.empty() && q.back().seq == seq) q.pop_back();
-    sink_closed_ = true;
-    return false;
+    stats_.lines += admitted;
+    if (admitted == n) stats_.too_long += too_long;
   }
-  std::lock_guard<std::mutex> l(mu_);
-  ++stats_.lines;
-  if (too_long) ++stats_.too_long;
-  return true;
+  if (!ok) sink_closed_ = true;
+  return ok;
 }
 
 void FileTailer::Restart(OpenFile& f, std::string_view why) {

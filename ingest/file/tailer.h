@@ -176,11 +176,15 @@ class FileTailer : public Acker {
   std::vector<TailPosition> CommittedPositions() const;
   TailStats Stats() const;
   void Processed(uint64_t ack_seq) override;
+  void ProcessedBatch(const uint64_t* ack_seqs, size_t n) override;
 
  private:
   struct OpenFile;  // reader-thread state of one open file (tailer.cc)
+  // ack_seq = file id << kSeqBits | the line's sequence number in its file.
+  static constexpr int kSeqBits = 40;
+  static constexpr uint64_t kSeqMask = (uint64_t{1} << kSeqBits) - 1;
   struct InFlight {
-    uint64_t seq = 0;
+    uint64_t seq = 0;         // per file, consecutive
     uint64_t end_offset = 0;  // offset after the line
     uint64_t line = 0;        // the line's number
     bool done = false;
@@ -188,7 +192,8 @@ class FileTailer : public Acker {
   // Per-file state shared with Processed()/CommittedPositions()/Stats().
   struct Tracked {
     TailPosition committed;          // path, dev, ino, fingerprint, position
-    std::deque<InFlight> in_flight;  // increasing seq
+    std::deque<InFlight> in_flight;  // consecutive seq
+    uint64_t next_seq = 1;           // never reset: stale acks stay below
     bool open = true;
     // Closed for good (rotated away or deleted): forgotten once all acked.
     bool retired = false;
@@ -207,8 +212,15 @@ class FileTailer : public Acker {
   bool ReadAll();
   // Reads `f`; sets *close when a detached file is finished.
   bool ReadFile(OpenFile& f, bool* close);
+  // Reads `f` from its position and delivers what it read.
   PassResult Pass(OpenFile& f, bool final);
-  bool Deliver(OpenFile& f, Record record, uint64_t end_offset);
+  PassResult ReadLines(OpenFile& f, bool final);
+  // Registers the lines in batch_ as in flight and pushes them to the sink;
+  // false if the sink is stopping.
+  bool Flush(OpenFile& f);
+  // Moves a file's committed position over its leading acked lines.
+  void Settle(uint64_t file_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  uint64_t NewFileId();
   void Restart(OpenFile& f, std::string_view why);
   void UpdateFingerprint(OpenFile& f);
   void CloseFile(OpenFile& f, bool forget);
@@ -237,7 +249,8 @@ class FileTailer : public Acker {
 
   // Reader-thread state.
   std::vector<std::unique_ptr<OpenFile>> files_;
-  uint64_t next_file_id_ = 1;
+  std::vector<Record> batch_;        // read, not yet delivered
+  std::vector<uint64_t> batch_end_;  // offset after each line of batch_
   absl::flat_hash_map<int, std::string> watch_paths_;  // wd -> dir
   absl::flat_hash_set<std::string> watched_dirs_;
   absl::flat_hash_set<std::string> errored_;  // paths with a noticed error
@@ -246,8 +259,7 @@ class FileTailer : public Acker {
   // Saved positions not yet matched to an open file.
   std::map<FileKey, TailPosition> saved_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint64_t, Tracked> tracked_ ABSL_GUARDED_BY(mu_);
-  absl::flat_hash_map<uint64_t, uint64_t> seq_file_ ABSL_GUARDED_BY(mu_);
-  uint64_t next_seq_ ABSL_GUARDED_BY(mu_) = 1;
+  uint64_t next_file_id_ ABSL_GUARDED_BY(mu_) = 1;
   TailStats stats_ ABSL_GUARDED_BY(mu_);
 };
 
