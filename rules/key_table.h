@@ -12,6 +12,21 @@
 // is measured by bench/key_table_bench and recorded in docs/benchmarks.md).
 // Deletion is backward-shift, so no tombstones accumulate under churn.
 //
+// Growth. Arrays of 4 MiB and more are mmap'ed (zero pages, no memset) and
+// advised for transparent huge pages before their first touch. A growth
+// whose old array is under 64 MiB moves every entry at once (a tight loop
+// with prefetching: ~40 ms at that size). Larger tables grow
+// incrementally, so that no single event pays for rehashing millions of
+// entries: each later FindOrInsert moves a few slots of the old array into
+// the new one, which finishes well before the new array is due to grow.
+// Meanwhile a key lives in exactly one of the two arrays. The old array
+// only ever loses entries (by backward-shift), so it stays a valid
+// linear-probing table; every position below its migration cursor is empty
+// and no key it holds has its home there, so each lookup searches one array
+// (two for an absent key). Both arrays are resident until the move ends.
+// A slot's State is constructed when its key is inserted and destroyed when
+// it is erased or moved.
+//
 // Bounds: at most `max_keys` live keys. When a new key arrives at the limit:
 //   kEvictOldest  evicts an approximately least-recently-touched key (the
 //                 oldest of 8 sampled keys, as Redis does) and counts it;
@@ -27,6 +42,9 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
+#include <new>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -36,17 +54,30 @@ namespace invariantd {
 
 enum class OverflowPolicy { kEvictOldest, kRejectNew };
 
+// Heap owned by a State, for tables whose states own none.
 template <typename State>
+struct NoHeap {
+  size_t operator()(const State&) const { return 0; }
+};
+
+// `HeapOf(state)` is the heap memory a State owns: the table subtracts it
+// when it removes a state, and the caller reports changes with
+// AddHeapBytes, so heap_bytes() is exact without a scan.
+template <typename State, typename HeapOf = NoHeap<State>>
 class KeyTable {
  public:
-  struct Slot {
-    Hash128 key;         // {0,0} marks an empty slot
-    uint64_t touch = 0;  // clock value of the last access (never wraps)
-    State state{};
-  };
-
-  KeyTable(size_t max_keys, OverflowPolicy policy)
-      : max_keys_(max_keys), policy_(policy) {}
+  // `incremental_from_bytes`: old arrays at least this large are migrated
+  // incrementally, smaller ones at once (tests pass 0 to always migrate).
+  KeyTable(size_t max_keys, OverflowPolicy policy,
+           size_t incremental_from_bytes = kIncrementalFromBytes)
+      : max_keys_(max_keys),
+        policy_(policy),
+        incremental_from_bytes_(incremental_from_bytes) {}
+  ~KeyTable() = default;
+  KeyTable(const KeyTable&) = delete;
+  KeyTable& operator=(const KeyTable&) = delete;
+  KeyTable(KeyTable&&) noexcept = default;
+  KeyTable& operator=(KeyTable&&) noexcept = default;
 
   // Result of FindOrInsert.
   struct Ref {
@@ -59,15 +90,11 @@ class KeyTable {
   Ref FindOrInsert(Hash128 key) {
     key = Normalize(key);
     ++clock_;
-    if (capacity() != 0) {
-      size_t i = Home(key);
-      while (!Empty(slots_[i])) {
-        if (slots_[i].key == key) {
-          slots_[i].touch = clock_;
-          return Ref{&slots_[i].state, false};
-        }
-        i = Next(i);
-      }
+    if (Migrating()) Migrate(kMigrateSteps);
+    auto [a, i] = Locate(key);
+    if (a != nullptr) {
+      a->at(i).touch = clock_;
+      return Ref{a->state(i), false};
     }
     if (size_ >= max_keys_) {
       if (policy_ == OverflowPolicy::kRejectNew || max_keys_ == 0) {
@@ -76,43 +103,36 @@ class KeyTable {
       }
       EvictOne();
     }
-    if ((size_ + 1) * 8 > capacity() * 7) Grow();
-    size_t i = Home(key);
-    while (!Empty(slots_[i])) i = Next(i);
-    slots_[i].key = key;
-    slots_[i].touch = clock_;
-    slots_[i].state = State{};
+    if ((cur_.live + 1) * 8 > cur_.capacity() * 7) Grow();
+    i = cur_.FreeSlotFor(key);
+    cur_.Construct(i, key, clock_);
     ++size_;
-    return Ref{&slots_[i].state, true};
+    return Ref{cur_.state(i), true};
   }
 
   // Hints the CPU to load the slot where `key` lives: the engine issues this
   // for every rule of an event before observing any, so the cache misses of
   // several tables overlap instead of adding up.
   void Prefetch(Hash128 key) const {
-    if (capacity() != 0) __builtin_prefetch(&slots_[Home(Normalize(key))]);
+    key = Normalize(key);
+    if (Migrating()) {
+      const size_t h = old_.Home(key);
+      if (h >= old_.cursor) Touch(&old_.at(h));
+    }
+    if (cur_.capacity() != 0) Touch(&cur_.at(cur_.Home(key)));
   }
 
   // Pointer to the state of `key`, or null. Does not count as a touch.
   State* Find(Hash128 key) {
-    key = Normalize(key);
-    if (capacity() == 0) return nullptr;
-    for (size_t i = Home(key); !Empty(slots_[i]); i = Next(i)) {
-      if (slots_[i].key == key) return &slots_[i].state;
-    }
-    return nullptr;
+    auto [a, i] = Locate(Normalize(key));
+    return a == nullptr ? nullptr : a->state(i);
   }
 
   bool Erase(Hash128 key) {
-    key = Normalize(key);
-    if (capacity() == 0) return false;
-    for (size_t i = Home(key); !Empty(slots_[i]); i = Next(i)) {
-      if (slots_[i].key == key) {
-        EraseAt(i);
-        return true;
-      }
-    }
-    return false;
+    auto [a, i] = Locate(Normalize(key));
+    if (a == nullptr) return false;
+    Remove(a, i);
+    return true;
   }
 
   // Erases every entry whose state satisfies `pred`; returns how many.
@@ -120,9 +140,9 @@ class KeyTable {
   template <typename P>
   size_t EraseIf(P&& pred) {
     std::vector<Hash128> doomed;
-    for (const Slot& s : slots_) {
-      if (!Empty(s) && pred(s.state)) doomed.push_back(s.key);
-    }
+    ForEach([&](const Hash128& k, const State& s) {
+      if (pred(s)) doomed.push_back(k);
+    });
     for (const Hash128& k : doomed) Erase(k);
     return doomed.size();
   }
@@ -130,97 +150,327 @@ class KeyTable {
   // Visits every live (key, state); for checkpoints and tests.
   template <typename F>
   void ForEach(F&& f) const {
-    for (const Slot& s : slots_) {
-      if (!Empty(s)) f(s.key, s.state);
+    for (const Array* a : {&old_, &cur_}) {
+      for (size_t i = 0; i < a->capacity(); ++i) {
+        if (!a->Empty(i)) f(a->at(i).key, *a->state(i));
+      }
     }
   }
 
   size_t size() const { return size_; }
-  size_t capacity() const { return slots_.size(); }
+  // Heap owned by the live states (see HeapOf).
+  size_t heap_bytes() const { return heap_bytes_; }
+  void AddHeapBytes(int64_t delta) {
+    heap_bytes_ =
+        static_cast<size_t>(static_cast<int64_t>(heap_bytes_) + delta);
+  }
+  size_t capacity() const { return cur_.capacity(); }
   size_t max_keys() const { return max_keys_; }
   uint64_t evicted() const { return evicted_; }
   uint64_t rejected() const { return rejected_; }
-  // Bytes held by the slot array (states' own heap is the caller's to add).
-  size_t SlotBytes() const { return slots_.capacity() * sizeof(Slot); }
+  // Bytes held by the slot arrays (states' own heap is the caller's to add).
+  size_t SlotBytes() const {
+    return (cur_.capacity() + old_.capacity()) * sizeof(Slot);
+  }
+  // True while an old array is still being moved into the new one.
+  bool Migrating() const { return old_.capacity() != 0; }
 
  private:
-  static bool Empty(const Slot& s) { return s.key.lo == 0 && s.key.hi == 0; }
+  static constexpr size_t kNone = SIZE_MAX;
+  // Large arrays are accessed at random: with 4 KiB pages, one TLB miss per
+  // lookup. Arrays of at least kMapBytes are mmap'ed and advised for
+  // transparent huge pages (Linux, THP in madvise mode; elsewhere, or if
+  // refused, nothing changes).
+  static constexpr size_t kHugePage = size_t{2} << 20;
+  static constexpr size_t kMapBytes = 2 * kHugePage;
+  // Old-array positions moved per FindOrInsert. Growth happens at 7/8 load
+  // into 1.5x the capacity, leaving (1.5 * 7/8 - 7/8) = 0.44 x old capacity
+  // insertions before the next growth; 4 positions per call (at least one
+  // call per insertion) empties the old array after 0.25 x old capacity.
+  static constexpr int kMigrateSteps = 4;
+  // Below this, a growth rehashes at once: a 64 MiB array (1.6M slots,
+  // 1.4M keys) takes ~40 ms, and incremental migration costs more in all
+  // (~150 ns per entry moved against ~25 ns), so only the largest tables,
+  // whose one-shot rehash would stall evaluation for longer, use it.
+  static constexpr size_t kIncrementalFromBytes = size_t{64} << 20;
+  static constexpr size_t kPrefetchAhead = 8;
+
+  // Trivial, so a calloc'ed array of them is all empty slots. The State is
+  // constructed in `storage` only while the slot holds a key.
+  struct Slot {
+    Hash128 key;     // {0,0} marks an empty slot
+    uint64_t touch;  // clock value of the last access (never wraps)
+    alignas(State) unsigned char storage[sizeof(State)];
+  };
+
+  // One linear-probing array of slots.
+  struct Array {
+    Array() = default;
+    explicit Array(size_t n) : n(n) {
+      const size_t bytes = n * sizeof(Slot);
+      if (bytes >= kMapBytes) {
+        // Fresh zero pages straight from the kernel, 2 MiB-aligned and
+        // advised before the first touch so they fault in as huge pages
+        // (calloc would hand back reused heap memory it must memset).
+        map_bytes = bytes + kHugePage;
+        void* m = ::mmap(nullptr, map_bytes, PROT_READ | PROT_WRITE,
+                         MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (m == MAP_FAILED) throw std::bad_alloc();
+        map_base = m;
+        const uintptr_t aligned =
+            (reinterpret_cast<uintptr_t>(m) + kHugePage - 1) & ~(kHugePage - 1);
+        slots = reinterpret_cast<Slot*>(aligned);
+        ::madvise(slots, bytes, MADV_HUGEPAGE);
+      } else {
+        slots = static_cast<Slot*>(std::calloc(n, sizeof(Slot)));
+        if (slots == nullptr) throw std::bad_alloc();
+      }
+    }
+    Array(Array&& o) noexcept
+        : slots(std::exchange(o.slots, nullptr)),
+          map_base(std::exchange(o.map_base, nullptr)),
+          map_bytes(std::exchange(o.map_bytes, 0)),
+          returned(std::exchange(o.returned, 0)),
+          n(std::exchange(o.n, 0)),
+          live(std::exchange(o.live, 0)),
+          cursor(std::exchange(o.cursor, 0)) {}
+    Array& operator=(Array&& o) noexcept {
+      if (this != &o) {
+        Release();
+        slots = std::exchange(o.slots, nullptr);
+        map_base = std::exchange(o.map_base, nullptr);
+        map_bytes = std::exchange(o.map_bytes, 0);
+        returned = std::exchange(o.returned, 0);
+        n = std::exchange(o.n, 0);
+        live = std::exchange(o.live, 0);
+        cursor = std::exchange(o.cursor, 0);
+      }
+      return *this;
+    }
+    ~Array() { Release(); }
+
+    void Release() {
+      if (slots == nullptr) return;
+      if constexpr (!std::is_trivially_destructible_v<State>) {
+        for (size_t i = 0; i < n && live > 0; ++i) {
+          if (!Empty(i)) Destroy(i);
+        }
+      }
+      if (map_base != nullptr) {
+        ::munmap(map_base, map_bytes);
+      } else {
+        std::free(slots);
+      }
+      slots = nullptr;
+      map_base = nullptr;
+      map_bytes = returned = 0;
+      n = live = cursor = 0;
+    }
+
+    size_t capacity() const { return n; }
+    // Gives the kernel back the whole pages below the migration cursor:
+    // nothing is stored there again, and reading them yields zeros (empty
+    // slots). So the old array shrinks as the new one fills, and the peak
+    // resident size of a growth stays near that of a one-shot rehash.
+    void ReturnPagesBelowCursor() {
+      if (map_base == nullptr) return;
+      const uintptr_t base = reinterpret_cast<uintptr_t>(slots);
+      const uintptr_t upto =
+          (base + cursor * sizeof(Slot)) & ~(uintptr_t{kHugePage} - 1);
+      if (upto < base + returned + kHugePage) return;
+      ::madvise(reinterpret_cast<void*>(base + returned),
+                upto - (base + returned), MADV_DONTNEED);
+      returned = upto - base;
+    }
+    Slot& at(size_t i) { return slots[i]; }
+    const Slot& at(size_t i) const { return slots[i]; }
+    State* state(size_t i) {
+      return std::launder(reinterpret_cast<State*>(slots[i].storage));
+    }
+    const State* state(size_t i) const {
+      return std::launder(reinterpret_cast<const State*>(slots[i].storage));
+    }
+    bool Empty(size_t i) const {
+      return slots[i].key.lo == 0 && slots[i].key.hi == 0;
+    }
+    // Multiply-shift range reduction: any capacity, no modulo.
+    size_t Home(const Hash128& k) const {
+      return static_cast<size_t>((static_cast<unsigned __int128>(k.lo) * n) >>
+                                 64);
+    }
+    size_t Next(size_t i) const { return i + 1 == n ? 0 : i + 1; }
+    // Distance from home h to position i going forward (with wrap).
+    size_t Dist(size_t h, size_t i) const { return i >= h ? i - h : i + n - h; }
+
+    size_t Find(const Hash128& key) const {
+      if (n == 0) return kNone;
+      for (size_t i = Home(key); !Empty(i); i = Next(i)) {
+        if (slots[i].key == key) return i;
+      }
+      return kNone;
+    }
+    // The empty slot where `key` (absent) goes; there is always one.
+    size_t FreeSlotFor(const Hash128& key) const {
+      size_t i = Home(key);
+      while (!Empty(i)) i = Next(i);
+      return i;
+    }
+    void Construct(size_t i, const Hash128& key, uint64_t touch) {
+      ::new (static_cast<void*>(slots[i].storage)) State{};
+      slots[i].key = key;
+      slots[i].touch = touch;
+      ++live;
+    }
+    void Destroy(size_t i) {
+      state(i)->~State();
+      slots[i].key = Hash128{0, 0};
+      --live;
+    }
+    // Moves the entry at `from` in `src` into the empty slot `to` here.
+    void MoveIn(size_t to, Array& src, size_t from) {
+      ::new (static_cast<void*>(slots[to].storage))
+          State(std::move(*src.state(from)));
+      slots[to].key = src.slots[from].key;
+      slots[to].touch = src.slots[from].touch;
+      ++live;
+      src.Destroy(from);
+    }
+    void EraseAt(size_t hole) {
+      Destroy(hole);
+      CloseHole(hole);
+    }
+    // Backward-shift deletion: pulls later members of the probe run into
+    // the (empty) hole when that does not move them before their home.
+    void CloseHole(size_t hole) {
+      for (size_t i = Next(hole); !Empty(i); i = Next(i)) {
+        if (Dist(Home(slots[i].key), i) >= Dist(hole, i)) {
+          MoveIn(hole, *this, i);
+          hole = i;
+        }
+      }
+    }
+
+    Slot* slots = nullptr;
+    void* map_base = nullptr;  // set when mmap'ed (large arrays)
+    size_t map_bytes = 0;
+    size_t returned = 0;  // bytes from `slots` given back by madvise
+    size_t n = 0;
+    size_t live = 0;
+    size_t cursor = 0;  // migration: every position below it is empty
+  };
+
+  // The array holding `key` and its index there; {nullptr, kNone} if absent.
+  // While migrating, a key whose home in the old array is below the cursor
+  // cannot be there (its probe run would cross an empty position), so each
+  // key is looked up in one array, except an absent key or one inserted
+  // since the growth began whose old home is at or above the cursor.
+  std::pair<Array*, size_t> Locate(const Hash128& key) {
+    if (Migrating() && old_.Home(key) >= old_.cursor) {
+      const size_t i = old_.Find(key);
+      if (i != kNone) return {&old_, i};
+    }
+    const size_t i = cur_.Find(key);
+    if (i != kNone) return {&cur_, i};
+    return {nullptr, kNone};
+  }
+
+  // A prefetch. The empty asm keeps GCC from treating a function that only
+  // prefetches as side-effect free and deleting its calls (GCC 12 did).
+  static void Touch(const void* p) {
+    __builtin_prefetch(p);
+    asm volatile("" : : "r"(p));
+  }
+
+  void Remove(Array* a, size_t i) {
+    heap_bytes_ -= HeapOf()(*a->state(i));
+    a->EraseAt(i);
+    --size_;
+  }
+
   static Hash128 Normalize(Hash128 k) {
     if (k.lo == 0 && k.hi == 0) k.lo = 1;  // {0,0} is the empty marker
     return k;
   }
-  // Multiply-shift range reduction: any capacity, no modulo.
-  size_t Home(const Hash128& k) const {
-    return static_cast<size_t>(
-        (static_cast<unsigned __int128>(k.lo) * slots_.size()) >> 64);
-  }
-  size_t Next(size_t i) const { return i + 1 == slots_.size() ? 0 : i + 1; }
-  // Distance from home h to position i going forward (with wrap).
-  size_t Dist(size_t h, size_t i) const {
-    return i >= h ? i - h : i + slots_.size() - h;
-  }
 
   void Grow() {
-    const size_t new_cap = capacity() < 16 ? 16 : capacity() + capacity() / 2;
-    std::vector<Slot> old;
-    old.swap(slots_);
-    slots_.reserve(new_cap);  // allocate, advise, then touch
-    AdviseHugePages(slots_.data(), new_cap * sizeof(Slot));
-    slots_.resize(new_cap);
-    for (Slot& s : old) {
-      if (Empty(s)) continue;
-      size_t i = Home(s.key);
-      while (!Empty(slots_[i])) i = Next(i);
-      slots_[i] = std::move(s);
-    }
+    if (Migrating()) MigrateAll();  // not reached at the rates above
+    const size_t cap = cur_.capacity();
+    const size_t new_cap = cap < 16 ? 16 : cap + cap / 2;
+    old_ = std::move(cur_);
+    cur_ = Array(new_cap);
+    // Small arrays are rehashed at once (well under a millisecond).
+    if (old_.capacity() * sizeof(Slot) < incremental_from_bytes_) MigrateAll();
   }
 
-  // Large tables are accessed at random: one TLB miss per lookup with 4 KiB
-  // pages. Ask for transparent huge pages on the 2 MiB-aligned interior
-  // (Linux, THP in madvise mode); elsewhere, or if refused, nothing changes.
-  static void AdviseHugePages(void* p, size_t bytes) {
-    constexpr uintptr_t kHuge = uintptr_t{2} << 20;
-    if (bytes < 2 * kHuge) return;
-    const uintptr_t begin =
-        (reinterpret_cast<uintptr_t>(p) + kHuge - 1) & ~(kHuge - 1);
-    const uintptr_t end =
-        (reinterpret_cast<uintptr_t>(p) + bytes) & ~(kHuge - 1);
-    if (end > begin) {
-      ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
-    }
-  }
-
-  // Backward-shift deletion: pulls later members of the probe run into the
-  // hole when that does not move them before their home.
-  void EraseAt(size_t hole) {
-    size_t i = Next(hole);
-    while (!Empty(slots_[i])) {
-      const size_t h = Home(slots_[i].key);
-      if (Dist(h, i) >= Dist(hole, i)) {
-        slots_[hole] = std::move(slots_[i]);
-        hole = i;
+  // Moves up to `steps` positions of the old array into the new one.
+  void Migrate(size_t steps) {
+    const size_t cap = old_.capacity();
+    for (size_t k = 0; k < steps && old_.cursor < cap; ++k) {
+      const size_t i = old_.cursor;
+      // Start loading where an entry a little ahead will go, so the moves
+      // of consecutive calls overlap their cache misses.
+      const size_t ahead = i + kPrefetchAhead;
+      if (ahead < cap && !old_.Empty(ahead)) {
+        Touch(&cur_.at(cur_.Home(old_.at(ahead).key)));
       }
-      i = Next(i);
+      if (old_.Empty(i)) {
+        ++old_.cursor;
+        continue;
+      }
+      // CloseHole may pull a later entry into i: the cursor stays put.
+      cur_.MoveIn(cur_.FreeSlotFor(old_.at(i).key), old_, i);
+      old_.CloseHole(i);
     }
-    slots_[hole] = Slot{};
-    --size_;
+    if (old_.live == 0 || old_.cursor >= cap) {
+      old_.Release();
+    } else {
+      old_.ReturnPagesBelowCursor();
+    }
   }
 
+  // Moves every remaining entry of the old array and frees it.
+  void MigrateAll() {
+    const size_t cap = old_.capacity();
+    for (size_t i = old_.cursor; i < cap && old_.live > 0; ++i) {
+      const size_t ahead = i + kPrefetchAhead;
+      if (ahead < cap && !old_.Empty(ahead)) {
+        Touch(&cur_.at(cur_.Home(old_.at(ahead).key)));
+      }
+      if (!old_.Empty(i))
+        cur_.MoveIn(cur_.FreeSlotFor(old_.at(i).key), old_, i);
+    }
+    old_.Release();
+  }
+
+  // Evicts the least recently touched of 8 sampled keys. Samples come from
+  // either array in proportion to its share of the keys.
   void EvictOne() {
-    size_t victim = SIZE_MAX;
+    Array* victim_array = nullptr;
+    size_t victim = 0;
     uint64_t oldest_age = 0;
     for (int k = 0; k < 8; ++k) {
-      size_t i = static_cast<size_t>(
-          (static_cast<unsigned __int128>(NextRandom()) * slots_.size()) >> 64);
-      while (Empty(slots_[i])) i = Next(i);
-      const uint64_t age = clock_ - slots_[i].touch;
-      if (victim == SIZE_MAX || age > oldest_age) {
+      const uint64_t r = NextRandom();
+      Array& a = (Migrating() && old_.live > 0 &&
+                  (cur_.live == 0 || r % size_ < old_.live))
+                     ? old_
+                     : cur_;
+      // Positions below the cursor are empty: sample and wrap above it.
+      const size_t lo = a.cursor;
+      const size_t span = a.capacity() - lo;
+      size_t i =
+          lo + static_cast<size_t>(
+                   (static_cast<unsigned __int128>(NextRandom()) * span) >> 64);
+      while (a.Empty(i)) i = i + 1 == a.capacity() ? lo : i + 1;
+      const uint64_t age = clock_ - a.at(i).touch;
+      if (victim_array == nullptr || age > oldest_age) {
+        victim_array = &a;
         victim = i;
         oldest_age = age;
       }
     }
-    EraseAt(victim);
+    Remove(victim_array, victim);
     ++evicted_;
+    if (Migrating() && old_.live == 0) old_.Release();
   }
 
   uint64_t NextRandom() {  // splitmix64, fixed seed: deterministic eviction
@@ -230,10 +480,13 @@ class KeyTable {
     return z ^ (z >> 31);
   }
 
-  std::vector<Slot> slots_;
+  Array cur_;  // where new keys go
+  Array old_;  // being emptied into cur_ (capacity 0 when not migrating)
   size_t size_ = 0;
+  size_t heap_bytes_ = 0;
   size_t max_keys_;
   OverflowPolicy policy_;
+  size_t incremental_from_bytes_;
   uint64_t clock_ = 0;
   uint64_t rng_ = 0x1f2e3d4c5b6a7988ULL;
   uint64_t evicted_ = 0;

@@ -167,7 +167,16 @@ class KeyedRuleState final : public RuleState {
     if (st != ObserveStatus::kOk) return st;
     auto ref = table_.FindOrInsert(K::TableKey(*config_, in, v));
     if (ref.state == nullptr) return ObserveStatus::kRejected;
-    return K::Step(*config_, *ref.state, ref.inserted, v, in, finding);
+    if constexpr (kOwnsHeap) {
+      const size_t before = ref.inserted ? 0 : K::HeapBytes(*ref.state);
+      const ObserveStatus r =
+          K::Step(*config_, *ref.state, ref.inserted, v, in, finding);
+      table_.AddHeapBytes(static_cast<int64_t>(K::HeapBytes(*ref.state)) -
+                          static_cast<int64_t>(before));
+      return r;
+    } else {
+      return K::Step(*config_, *ref.state, ref.inserted, v, in, finding);
+    }
   }
 
   void Rebind(const KindConfig* config) override {
@@ -178,22 +187,24 @@ class KeyedRuleState final : public RuleState {
     if constexpr (K::kTableKeyIsRuleKey) table_.Prefetch(key);
   }
 
-  // O(keys) when states own heap memory; called for summaries and scrapes.
+  // O(1): the heap of the states is kept up to date as they change.
   TableStats Stats() const override {
-    size_t heap = 0;
-    if constexpr (!std::is_trivially_copyable_v<typename K::State>) {
-      table_.ForEach(
-          [&](const Hash128&, const auto& s) { heap += K::HeapBytes(s); });
-    }
-    return TableStats{table_.size(), table_.SlotBytes() + heap,
+    return TableStats{table_.size(), table_.SlotBytes() + table_.heap_bytes(),
                       table_.evicted(), table_.rejected()};
   }
 
-  const KeyTable<typename K::State>& table() const { return table_; }
+  const auto& table() const { return table_; }
 
  private:
+  static constexpr bool kOwnsHeap =
+      !std::is_trivially_copyable_v<typename K::State>;
+  struct HeapOf {
+    size_t operator()(const typename K::State& s) const {
+      return K::HeapBytes(s);
+    }
+  };
   const typename K::Config* config_;
-  KeyTable<typename K::State> table_;
+  KeyTable<typename K::State, HeapOf> table_;
 };
 
 }  // namespace invariantd
