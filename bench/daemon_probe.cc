@@ -19,8 +19,12 @@
 //
 //   daemon_probe latency --invariantd BIN --rules PACK --workers N
 //                        --trace FILE --rate R --duration S
-//                        [--fault-every K] [--tick-us T] --work DIR
-//       Starts the daemon on an empty directory, then appends the clean trace
+//                        [--fault-every K] [--tick-us T] [--warmup W]
+//                        --work DIR
+//       Starts the daemon on an empty directory; with --warmup, writes the
+//       first W lines of the trace at once and waits until the daemon has
+//       counted them (steady state: rule tables at their working size).
+//       Then appends the clean trace
 //       to DIR/tail/live.ndjson at R events/s, paced by intended send times
 //       (event i is due at start + i/R; the writer wakes every T us and
 //       writes everything due), inserting a term regression every K lines.
@@ -554,7 +558,7 @@ double Percentile(std::vector<double> v, double q) {
 }
 
 int Latency(const Common& c, double rate, double duration, uint64_t every,
-            int tick_us, const std::string& dump) {
+            int tick_us, uint64_t warmup, const std::string& dump) {
   const MappedFile trace(c.trace);
   const std::string_view src = trace.view();
   const std::string tail_dir = FreshDirs(c);
@@ -565,28 +569,51 @@ int Latency(const Common& c, double rate, double duration, uint64_t every,
   Daemon daemon(DaemonOptions(c, tail_dir));
   const int port = daemon.WaitReady();
 
-  const uint64_t total = static_cast<uint64_t>(rate * duration);
-  const double ns_per_event = 1e9 / rate;
-  std::vector<Fault> faults;
-  faults.reserve(total / every + 1);
   std::string buf;
   size_t pos = 0;             // next trace byte
   std::string_view previous;  // the last trace line written
   uint64_t emitted = 0;       // lines written (= last line number)
+  // Warm-up: the first `warmup` clean lines at once, then wait until the
+  // daemon has counted them, so the measurement sees tables at their
+  // working size instead of the growth of a cold start.
+  while (emitted < warmup && pos < src.size()) {
+    size_t nl = src.find('\n', pos);
+    if (nl == std::string_view::npos) nl = src.size();
+    previous = src.substr(pos, nl - pos);
+    pos = nl + 1;
+    ++emitted;
+  }
+  if (emitted > 0) {
+    if (!WriteAll(fd, src.data(), std::min(pos, src.size()))) {
+      Die("write failed");
+    }
+    const int64_t deadline = NowNs() + 300'000'000'000;
+    while (TailEventsTotal(port).value_or(0) < emitted) {
+      if (NowNs() > deadline) Die("the daemon did not count the warm-up");
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+  }
+  const uint64_t base = emitted;
+  const uint64_t total = base + static_cast<uint64_t>(rate * duration);
+  const double ns_per_event = 1e9 / rate;
+  std::vector<Fault> faults;
+  faults.reserve((total - base) / every + 1);
   bool fault_due = false;
   int64_t max_lag_ns = 0;  // how far behind schedule the writer got
   const int64_t tick_ns = int64_t{tick_us} * 1000;
   const int64_t start = NowNs() + 1'000'000;
   auto intended = [&](uint64_t i) {
-    return start + static_cast<int64_t>(static_cast<double>(i) * ns_per_event);
+    return start +
+           static_cast<int64_t>(static_cast<double>(i - base) * ns_per_event);
   };
   while (emitted < total && pos < src.size()) {
     const int64_t now = NowNs();
     const uint64_t due = std::min<uint64_t>(
         total, now < start
-                   ? 0
-                   : static_cast<uint64_t>(static_cast<double>(now - start) /
-                                           ns_per_event) +
+                   ? base
+                   : base +
+                         static_cast<uint64_t>(
+                             static_cast<double>(now - start) / ns_per_event) +
                          1);
     buf.clear();
     const size_t batch_faults = faults.size();
@@ -668,15 +695,16 @@ int Latency(const Common& c, double rate, double duration, uint64_t every,
       "duration_s=%.2f events=%llu faults=%zu violations=%zu matched=%zu "
       "unexpected=%zu p50_ms=%.3f p99_ms=%.3f p999_ms=%.3f max_ms=%.3f "
       "write_p50_ms=%.3f write_p99_ms=%.3f write_p999_ms=%.3f "
-      "writer_max_lag_ms=%.3f stopped_events=%llu cpu_s=%.2f\n",
-      c.workers, rate, static_cast<double>(emitted) / seconds, seconds,
-      static_cast<unsigned long long>(emitted), faults.size(), arrivals.size(),
-      from_intended.size(), unexpected, Percentile(from_intended, 0.50),
-      Percentile(from_intended, 0.99), Percentile(from_intended, 0.999),
-      Percentile(from_intended, 1.0), Percentile(from_write, 0.50),
-      Percentile(from_write, 0.99), Percentile(from_write, 0.999),
-      static_cast<double>(max_lag_ns) / 1e6,
-      static_cast<unsigned long long>(daemon.stopped_events()), daemon.cpu_s());
+      "writer_max_lag_ms=%.3f stopped_events=%llu cpu_s=%.2f warmup=%llu\n",
+      c.workers, rate, static_cast<double>(emitted - base) / seconds, seconds,
+      static_cast<unsigned long long>(emitted - base), faults.size(),
+      arrivals.size(), from_intended.size(), unexpected,
+      Percentile(from_intended, 0.50), Percentile(from_intended, 0.99),
+      Percentile(from_intended, 0.999), Percentile(from_intended, 1.0),
+      Percentile(from_write, 0.50), Percentile(from_write, 0.99),
+      Percentile(from_write, 0.999), static_cast<double>(max_lag_ns) / 1e6,
+      static_cast<unsigned long long>(daemon.stopped_events()), daemon.cpu_s(),
+      static_cast<unsigned long long>(base));
   return 0;
 }
 
@@ -724,6 +752,9 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(2, 1'000'000'000));
   lat->add_option("--tick-us", tick_us, "Writer wake-up period")
       ->check(CLI::Range(1, 1'000'000));
+  uint64_t warmup = 0;
+  lat->add_option("--warmup", warmup,
+                  "Clean lines written (and processed) before measuring");
   lat->add_option("--dump", dump,
                   "Write 'seconds-since-start latency-ms' per fault here");
   CLI11_PARSE(app, argc, argv);
@@ -731,5 +762,5 @@ int main(int argc, char** argv) {
   ::signal(SIGPIPE, SIG_IGN);
   if (append->parsed()) return AppendFault(fault_trace);
   if (tp->parsed()) return Throughput(c, events);
-  return Latency(c, rate, duration, every, tick_us, dump);
+  return Latency(c, rate, duration, every, tick_us, warmup, dump);
 }
