@@ -191,6 +191,7 @@ Violation Engine::MakeViolation(const Rule& rule, const Event& event,
   v.source = std::string(event.position.source);
   v.line = event.position.line;
   v.offset = event.position.offset;
+  v.stream = event.position.stream;
   v.observed = OwnedValue(f.observed);
   v.previous = std::move(f.previous);
   v.previous_line = f.previous_line;

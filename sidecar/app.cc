@@ -20,7 +20,10 @@
 #include "nlohmann/json.hpp"
 #include "sidecar/checkpoint_file.h"
 #include "sidecar/commands.h"
+#include "sidecar/core/sanitize.h"
 #include "sidecar/core/strings.h"
+#include "sidecar/evidence_query.h"
+#include "sidecar/evidence_writer.h"
 #include "sidecar/http_server.h"
 #include "sidecar/log.h"
 #include "sidecar/pipeline.h"
@@ -38,6 +41,11 @@ struct App::Services {
   std::unique_ptr<HttpServer> http;
   std::unique_ptr<FileTailer> tailer;
   std::unique_ptr<KafkaSource> kafka;
+  std::unique_ptr<EvidenceWriter> evidence;  // null when disabled
+  std::string evidence_path;
+  // A read-only connection for the query API, opened on first use.
+  std::mutex evidence_read_mu;
+  std::unique_ptr<EvidenceStore> evidence_reader;
   std::mutex out_mu;  // whole lines on stdout
   std::string positions_path;
   std::atomic<int64_t> last_checkpoint_ns{0};
@@ -163,6 +171,49 @@ absl::Status App::Start() {
 
   // Metrics.
   s_->metrics = std::make_unique<Metrics>(std::string(Version()));
+  Services* s = s_.get();
+  const bool to_stdout = config_.stdout_violations;
+
+  // Evidence store: every violation is committed before the input that
+  // produced it is acknowledged; only new ones (not re-evaluations of a
+  // stored id) are printed and counted.
+  if (config_.evidence) {
+    s_->evidence_path = EvidencePath(config_.data_dir);
+    auto store = EvidenceStore::Open(s_->evidence_path);
+    if (!store.ok()) {
+      return absl::Status(
+          store.status().code(),
+          absl::StrCat(store.status().message(),
+                       ". The file is left as it is: inspect it with "
+                       "`invariantd evidence verify --data-dir ",
+                       config_.data_dir,
+                       "`, then move it aside to start a new store "
+                       "(docs/evidence.md, \"Damaged store\")"));
+    }
+    Log(LogLevel::kInfo, "evidence store opened",
+        {{"path", s_->evidence_path},
+         {"head_seq", absl::StrCat((*store)->head_seq())},
+         {"head_hash", (*store)->head_hash()}});
+    EvidenceWriterOptions eopts;
+    eopts.commit_interval =
+        std::chrono::milliseconds(config_.evidence_commit_interval_ms);
+    s_->evidence = std::make_unique<EvidenceWriter>(
+        *std::move(store), eopts,
+        [s, to_stdout](const EvidenceRecord& r, const std::string& line) {
+          s->metrics->RuleViolation(r.rule, r.severity);
+          if (to_stdout) {
+            std::lock_guard<std::mutex> l(s->out_mu);
+            WriteAll(STDOUT_FILENO, line);
+          }
+        },
+        [](const absl::Status& st) {
+          Log(LogLevel::kError,
+              "evidence commit failed: holding acknowledgements and retrying",
+              {{"error", std::string(st.message())}});
+        });
+    s_->evidence->Start();
+    PruneEvidence();
+  }
 
   // Pipeline and the violation output.
   PipelineOptions popts;
@@ -184,10 +235,21 @@ absl::Status App::Start() {
     d.pattern = config_.pattern;
     popts.decoder = d;
   }
-  Services* s = s_.get();
-  const bool to_stdout = config_.stdout_violations;
+  if (s_->evidence) {
+    popts.ack_gate = [s](std::function<void()> ack) {
+      s->evidence->WhenDurable(std::move(ack));
+    };
+  }
   auto pipeline =
       Pipeline::Create(s_->rules, popts, [s, to_stdout](const Violation& v) {
+        if (s->evidence) {
+          const int64_t now_ms = absl::ToUnixMillis(absl::Now());
+          s->evidence->Submit(
+              ViolationEvidence(v, s->pipeline->rules()->digest().Hex(),
+                                Version(), now_ms),
+              to_stdout ? ViolationJson(v) + "\n" : std::string());
+          return;
+        }
         s->metrics->RuleViolation(v.rule, v.severity);
         if (to_stdout) {
           const std::string line = ViolationJson(v) + "\n";
@@ -221,6 +283,53 @@ absl::Status App::Start() {
       return resp;
     });
   }
+  if (s_->evidence) {
+    // Evidence queries (same bearer token as ingest when one is set).
+    const std::string token = hopts.token;
+    auto authorized = [token](const HttpRequestView& r) {
+      return token.empty() ||
+             ConstantTimeEquals(r.authorization, "Bearer " + token);
+    };
+    auto with_reader = [s](auto&& fn) -> HttpResponse {
+      std::lock_guard<std::mutex> l(s->evidence_read_mu);
+      if (!s->evidence_reader) {
+        auto r = EvidenceStore::Open(s->evidence_path, /*read_only=*/true);
+        if (!r.ok()) return JsonError(503, "evidence_unavailable");
+        s->evidence_reader = *std::move(r);
+      }
+      return fn(*s->evidence_reader);
+    };
+    s_->http->Handle("GET", "/v1/violations", [=](const HttpRequestView& r) {
+      if (!authorized(r)) return JsonError(401, "unauthorized");
+      auto q = ParseEvidenceQuery(ParseQueryString(r.query));
+      if (!q.ok()) {
+        HttpResponse bad = JsonError(400, "bad_query");
+        bad.body =
+            absl::StrCat("{\"error\":\"bad_query\",\"detail\":",
+                         Json(std::string(q.status().message())).dump(), "}");
+        return bad;
+      }
+      return with_reader([&](EvidenceStore& store) {
+        auto page = store.Find(*q);
+        if (!page.ok()) return JsonError(500, "evidence_query_failed");
+        HttpResponse ok;
+        ok.body = EvidencePageJson(*page, q->limit);
+        return ok;
+      });
+    });
+    s_->http->Handle("GET", "/v1/violations/*", [=](const HttpRequestView& r) {
+      if (!authorized(r)) return JsonError(401, "unauthorized");
+      const std::string id(r.path.substr(r.path.rfind('/') + 1));
+      return with_reader([&](EvidenceStore& store) {
+        auto rec = store.Get(id);
+        if (!rec.ok()) return JsonError(500, "evidence_query_failed");
+        if (!rec->has_value()) return JsonError(404, "no_such_violation");
+        HttpResponse ok;
+        ok.body = EvidenceJson(**rec);
+        return ok;
+      });
+    });
+  }
   s_->http->Handle("GET", "/metrics", [s](const HttpRequestView&) {
     HttpResponse r;
     r.headers.emplace_back("Content-Type", std::string(Metrics::kContentType));
@@ -238,6 +347,12 @@ absl::Status App::Start() {
     std::vector<std::string> problems;
     if (!s->data_dir_ok) problems.push_back("data dir not writable");
     if (!s->kafka_ok) problems.push_back("kafka source unhealthy");
+    if (s->evidence && !s->evidence->healthy()) {
+      problems.push_back(
+          absl::StrCat("evidence store failing (",
+                       SanitizeText(s->evidence->Stats().last_error, 200),
+                       "): inputs are not acknowledged"));
+    }
     HttpResponse r;
     r.status = problems.empty() ? 200 : 503;
     r.headers.emplace_back("Content-Type", "text/plain; charset=utf-8");
@@ -320,6 +435,34 @@ void App::Checkpoint() {
     s_->data_dir_ok = false;
     Log(LogLevel::kError, "checkpoint failed",
         {{"error", std::string(st.message())}});
+  }
+}
+
+void App::PruneEvidence() {
+  last_prune_ = std::chrono::steady_clock::now();
+  if (config_.evidence_retention_hours == 0 &&
+      config_.evidence_max_bytes == 0) {
+    return;
+  }
+  auto store = EvidenceStore::Open(s_->evidence_path);
+  if (!store.ok()) {
+    Log(LogLevel::kError, "evidence retention skipped",
+        {{"error", std::string(store.status().message())}});
+    return;
+  }
+  const int64_t before =
+      config_.evidence_retention_hours == 0
+          ? 0
+          : absl::ToUnixMillis(absl::Now() -
+                               absl::Hours(config_.evidence_retention_hours));
+  auto pruned = (*store)->Prune(before, config_.evidence_max_bytes);
+  if (!pruned.ok()) {
+    Log(LogLevel::kError, "evidence retention failed",
+        {{"error", std::string(pruned.status().message())}});
+  } else if (pruned->pruned > 0) {
+    Log(LogLevel::kInfo, "evidence pruned",
+        {{"records", absl::StrCat(pruned->pruned)},
+         {"anchor_seq", absl::StrCat(pruned->anchor_seq)}});
   }
 }
 
@@ -440,6 +583,16 @@ void App::Housekeeping() {
     }
     m.CheckpointAge(static_cast<double>(NowNs() - s_->last_checkpoint_ns) /
                     1e9);
+    if (s_->evidence) {
+      const EvidenceWriterStats es = s_->evidence->Stats();
+      m.Evidence(es.stored, es.duplicates, es.failures,
+                 static_cast<double>(es.pending),
+                 static_cast<double>(es.head_seq));
+      if (std::chrono::steady_clock::now() - last_prune_ >
+          std::chrono::hours(1)) {
+        PruneEvidence();
+      }
+    }
     l.lock();
   }
 }
@@ -476,6 +629,20 @@ void App::StopAll() {
       s_->tailer->Stop();
     }
     s_->pipeline->Stop();
+    if (s_->evidence) {
+      // Commits what the drain produced and releases the acknowledgements
+      // waiting for it; what cannot be committed in time stays
+      // unacknowledged and is evaluated again after the restart.
+      const bool all = s_->evidence->Stop(
+          std::chrono::steady_clock::now() +
+          std::chrono::milliseconds(config_.shutdown_timeout_ms));
+      const EvidenceWriterStats es = s_->evidence->Stats();
+      Log(all ? LogLevel::kInfo : LogLevel::kError,
+          all ? "evidence committed" : "evidence left uncommitted",
+          {{"head_seq", absl::StrCat(es.head_seq)},
+           {"head_hash", es.head_hash},
+           {"pending", absl::StrCat(es.pending)}});
+    }
     if (s_->tailer) {
       Checkpoint();
       Log(LogLevel::kInfo, "final checkpoint written",
@@ -489,6 +656,7 @@ void App::StopAll() {
   }
   s_->kafka.reset();
   s_->tailer.reset();
+  s_->evidence.reset();
   s_->http.reset();
   s_->http_ingest.reset();
   s_->pipeline.reset();

@@ -50,6 +50,9 @@ class App {
   // when it changes, the rules are reloaded.
   std::string RulesFingerprint() const;
   void Checkpoint();
+  // Applies the evidence retention (age and size) with its own connection.
+  void PruneEvidence();
+  std::chrono::steady_clock::time_point last_prune_;
   void StopAll();
 
   RunConfig config_;

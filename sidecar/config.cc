@@ -164,6 +164,16 @@ absl::Status LoadRunConfig(const std::string& path, RunConfig* c) {
                     r.Int(&c->http_max_body_bytes, 1024, 1LL << 30)},
                    {"max_events", r.Int(&c->http_max_events, 1, 1 << 24)}});
           }},
+         {"evidence",
+          [&](const YAML::Node& n) {
+            r.Map(n, "evidence",
+                  {{"enabled", r.Bool(&c->evidence)},
+                   {"retention_hours",
+                    r.Int(&c->evidence_retention_hours, 0, 24 * 365 * 100)},
+                   {"max_bytes", r.Int(&c->evidence_max_bytes, 0, 1LL << 50)},
+                   {"commit_interval_ms",
+                    r.Int(&c->evidence_commit_interval_ms, 0, 10000)}});
+          }},
          {"kafka", [&](const YAML::Node& n) {
             r.Map(n, "kafka",
                   {{"brokers", r.String(&c->kafka_brokers)},

@@ -7,6 +7,7 @@
 #define INVARIANTD_SIDECAR_CONFIG_H_
 
 #include <cstddef>
+#include <cstdint>
 #include <map>
 #include <string>
 #include <vector>
@@ -41,6 +42,11 @@ struct RunConfig {
   std::vector<std::string> kafka_topics;
   std::string kafka_group = "invariantd";
   std::map<std::string, std::string> kafka_config;
+  // evidence store (data_dir/evidence.db)
+  bool evidence = true;
+  int evidence_retention_hours = 720;               // 0: no age limit
+  uint64_t evidence_max_bytes = uint64_t{1} << 30;  // 0: no size limit
+  int evidence_commit_interval_ms = 0;              // 0: commit as soon as idle
   // lifecycle
   int shutdown_timeout_ms = 10000;
   int checkpoint_interval_ms = 1000;

@@ -56,14 +56,14 @@ bool IsReservedHeader(std::string_view name) {
   return false;
 }
 
+}  // namespace
+
 HttpResponse JsonError(int status, std::string_view error) {
   HttpResponse r;
   r.status = status;
   r.body = absl::StrCat("{\"error\":", JsonString(error), "}");
   return r;
 }
-
-}  // namespace
 
 HttpServer::HttpServer() = default;
 
@@ -288,7 +288,13 @@ int HttpServer::Serve(mg_connection* conn) {
   const Route* route = nullptr;
   std::vector<std::string> allowed;
   for (const Route& r : routes_) {
-    if (r.path != path) continue;
+    // "/a/b/*" matches every path below /a/b/.
+    const bool prefix = r.path.size() >= 2 && r.path.ends_with("/*");
+    if (prefix ? !path.starts_with(
+                     std::string_view(r.path).substr(0, r.path.size() - 1))
+               : r.path != path) {
+      continue;
+    }
     if (r.method == "*" || r.method == method) {
       route = &r;
       break;
@@ -329,6 +335,7 @@ int HttpServer::Serve(mg_connection* conn) {
 
   HttpRequestView request;
   request.method = method;
+  request.path = path;
   request.authorization = OrEmpty(mg_get_header(conn, "Authorization"));
   request.content_type = OrEmpty(mg_get_header(conn, "Content-Type"));
   request.query = OrEmpty(ri->query_string);
@@ -378,6 +385,33 @@ void HttpServer::Write(mg_connection* conn, bool head,
   if (!head && !response.body.empty()) {
     mg_write(conn, response.body.data(), response.body.size());
   }
+}
+
+std::vector<std::pair<std::string, std::string>> ParseQueryString(
+    std::string_view query) {
+  std::vector<std::pair<std::string, std::string>> out;
+  auto decode = [](std::string_view in) {
+    std::string buf(in.size() + 1, '\0');
+    const int n = mg_url_decode(in.data(), static_cast<int>(in.size()),
+                                buf.data(), static_cast<int>(buf.size()),
+                                /*is_form_url_encoded=*/1);
+    buf.resize(n < 0 ? 0 : static_cast<size_t>(n));
+    return buf;
+  };
+  while (!query.empty()) {
+    const size_t amp = query.find('&');
+    const std::string_view part = query.substr(0, amp);
+    query = amp == std::string_view::npos ? std::string_view()
+                                          : query.substr(amp + 1);
+    if (part.empty()) continue;
+    const size_t eq = part.find('=');
+    if (eq == std::string_view::npos) {
+      out.emplace_back(decode(part), std::string());
+    } else {
+      out.emplace_back(decode(part.substr(0, eq)), decode(part.substr(eq + 1)));
+    }
+  }
+  return out;
 }
 
 void RegisterIngestRoute(HttpServer* server, HttpIngest* ingest) {

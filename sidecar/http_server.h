@@ -49,6 +49,13 @@ namespace invariantd {
 
 class Metrics;
 
+// A response with `status` and the body {"error": error}.
+HttpResponse JsonError(int status, std::string_view error);
+
+// The parameters of a query string ("a=1&b=x%20y"), URL-decoded, in order.
+std::vector<std::pair<std::string, std::string>> ParseQueryString(
+    std::string_view query);
+
 using HttpHandler = std::function<HttpResponse(const HttpRequestView&)>;
 
 class HttpServer {
@@ -78,7 +85,8 @@ class HttpServer {
   HttpServer& operator=(const HttpServer&) = delete;
 
   // Registers `handler` for requests to exactly `path` with `method` ("*":
-  // any). Only before Start(); a later call crashes.
+  // any); a path ending in "/*" matches every path below it (the handler
+  // reads HttpRequestView::path). Only before Start(); a later call crashes.
   void Handle(std::string method, std::string path, HttpHandler handler);
 
   // Runs `hook` at the start of Stop(). Only before Start().

@@ -6,6 +6,7 @@
 #include "sidecar/app.h"
 #include "sidecar/commands.h"
 #include "sidecar/config.h"
+#include "sidecar/evidence_query.h"
 
 int main(int argc, char** argv) {
   using namespace invariantd;
@@ -51,11 +52,46 @@ int main(int argc, char** argv) {
   auto* tp = app.add_subcommand("test", "Run rule unit tests (YAML)");
   tp->add_option("files", test_files, "Test files")->required();
 
+  // evidence: read-only views of the store, while the daemon runs or not.
+  EvidenceCommand ev;
+  std::string ev_rule, ev_since, ev_until;
+  std::vector<std::string> ev_keys;
+  size_t ev_limit = 0;
+  auto* evp = app.add_subcommand(
+      "evidence", "Verify and query the evidence store (read-only)");
+  evp->require_subcommand(1);
+  auto* ev_verify = evp->add_subcommand(
+      "verify", "Check the hash chain; exit 0 only if intact");
+  auto* ev_query =
+      evp->add_subcommand("query", "Print stored violations, oldest first");
+  auto* ev_show = evp->add_subcommand("show", "Print one stored violation");
+  for (CLI::App* sub : {ev_verify, ev_query, ev_show}) {
+    sub->add_option("--data-dir", ev.data_dir, "State directory")
+        ->capture_default_str();
+  }
+  ev_verify->add_flag("--json", ev.json, "Print the report as JSON");
+  ev_query->add_option("--rule", ev_rule, "Only this rule");
+  ev_query->add_option("--key", ev_keys, "field=value of the key (repeatable)")
+      ->allow_extra_args(false)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  ev_query->add_option("--since", ev_since,
+                       "Detected at or after (RFC 3339 or epoch ms)");
+  ev_query->add_option("--until", ev_until,
+                       "Detected before (RFC 3339 or epoch ms)");
+  ev_query->add_option("--limit", ev_limit, "At most this many")
+      ->check(CLI::Range(size_t{1}, kMaxEvidencePage));
+  for (CLI::App* sub : {ev_query, ev_show}) {
+    sub->add_option("--format", ev.format, "Output format")
+        ->check(CLI::IsMember({"jsonl", "text"}));
+  }
+  ev_show->add_option("id", ev.id, "Violation id")->required();
+
   // run: flags override the config file, which overrides the defaults.
   std::string run_config_path;
   RunConfig flags;
   std::vector<std::string> run_rules, run_tail, run_topics;
   bool no_stdout = false;
+  bool no_evidence = false;
   auto* run = app.add_subcommand(
       "run", "Run the sidecar: tail files, accept HTTP pushes, consume Kafka");
   run->add_option("--config", run_config_path, "YAML configuration file");
@@ -85,6 +121,9 @@ int main(int argc, char** argv) {
       run->add_option("--log-level", flags.log_level,
                       "debug|info|warning|error")
           ->check(CLI::IsMember({"debug", "info", "warning", "error"}));
+  run->add_flag("--no-evidence", no_evidence,
+                "Keep no evidence store (inputs are acknowledged once "
+                "evaluated)");
   run->add_flag("--no-stdout", no_stdout,
                 "Do not print violations as JSON lines on stdout");
 
@@ -103,6 +142,16 @@ int main(int argc, char** argv) {
   if (*vp)
     return RunValidate(validate_paths, validate_json, std::cout, std::cerr);
   if (*tp) return RunTest(test_files, std::cout);
+  if (*evp) {
+    ev.action = *ev_verify ? "verify" : *ev_query ? "query" : "show";
+    if (!ev_rule.empty()) ev.params.emplace_back("rule", ev_rule);
+    for (const std::string& k : ev_keys) ev.params.emplace_back("key", k);
+    if (!ev_since.empty()) ev.params.emplace_back("since", ev_since);
+    if (!ev_until.empty()) ev.params.emplace_back("until", ev_until);
+    if (ev_limit != 0)
+      ev.params.emplace_back("limit", std::to_string(ev_limit));
+    return RunEvidence(ev, std::cout, std::cerr);
+  }
   if (*run) {
     RunConfig config;
     if (!run_config_path.empty()) {
@@ -123,6 +172,7 @@ int main(int argc, char** argv) {
     if (*workers) config.workers = flags.workers;
     if (*log_level) config.log_level = flags.log_level;
     if (no_stdout) config.stdout_violations = false;
+    if (no_evidence) config.evidence = false;
     return RunDaemon(config);
   }
   return kExitError;

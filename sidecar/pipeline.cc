@@ -317,16 +317,24 @@ void Pipeline::Finish(Work* work, std::vector<Work*>* done) {
 
 void Pipeline::Retire(std::vector<Work*>* done) {
   if (done->empty()) return;
-  std::vector<uint64_t> seqs;
-  seqs.reserve(done->size());
-  size_t i = 0;
-  while (i < done->size()) {
-    Acker* acker = (*done)[i]->record.acker;
-    seqs.clear();
-    for (; i < done->size() && (*done)[i]->record.acker == acker; ++i) {
-      seqs.push_back((*done)[i]->record.ack_seq);
+  // (acker, its sequence numbers), one entry per run of the same acker.
+  std::vector<std::pair<Acker*, std::vector<uint64_t>>> acks;
+  for (const Work* w : *done) {
+    if (w->record.acker == nullptr) continue;
+    if (acks.empty() || acks.back().first != w->record.acker) {
+      acks.emplace_back(w->record.acker, std::vector<uint64_t>());
     }
-    if (acker != nullptr) acker->ProcessedBatch(seqs.data(), seqs.size());
+    acks.back().second.push_back(w->record.ack_seq);
+  }
+  auto ack = [acks = std::move(acks)] {
+    for (const auto& [acker, seqs] : acks) {
+      acker->ProcessedBatch(seqs.data(), seqs.size());
+    }
+  };
+  if (options_.ack_gate) {
+    options_.ack_gate(std::move(ack));
+  } else {
+    ack();
   }
   std::lock_guard<std::mutex> l(pool_mu_);
   pool_.insert(pool_.end(), done->begin(), done->end());

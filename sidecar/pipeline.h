@@ -133,6 +133,12 @@ struct PipelineOptions {
   size_t queue_capacity = 65536;        // admission queue, records
   size_t worker_queue_capacity = 4096;  // per worker, events
   size_t max_line_bytes = 1 << 20;
+  // When set, the acknowledgements of evaluated records are handed to it
+  // (as a closure that performs them) instead of being made at once: the
+  // sidecar runs them when the evidence of everything evaluated before is
+  // durable (EvidenceWriter::WhenDurable). Records rejected or skipped as
+  // redeliveries, which produce no evidence, are acknowledged at once.
+  std::function<void(std::function<void()>)> ack_gate;
   std::optional<DecoderOptions> decoder;  // default: the rule set's input
   EngineOptions engine;
 };

@@ -130,7 +130,31 @@ struct Metrics::Impl {
                 .Name("invariantd_protocol_state_series_dropped_total")
                 .Help("Protocol state updates dropped at the series cap.")
                 .Register(*registry)
-                .Add({})) {
+                .Add({})),
+        evidence_records(
+            prometheus::BuildCounter()
+                .Name("invariantd_evidence_records_total")
+                .Help("Violations committed to the evidence store "
+                      "(result=stored), or found already stored "
+                      "(result=duplicate: a re-evaluation after a restart).")
+                .Register(*registry)),
+        evidence_failures(
+            prometheus::BuildCounter()
+                .Name("invariantd_evidence_commit_failures_total")
+                .Help("Failed evidence commits (retried; nothing waiting on "
+                      "them is acknowledged).")
+                .Register(*registry)),
+        evidence_pending(prometheus::BuildGauge()
+                             .Name("invariantd_evidence_pending")
+                             .Help("Violations waiting to be committed.")
+                             .Register(*registry)
+                             .Add({})),
+        evidence_head(prometheus::BuildGauge()
+                          .Name("invariantd_evidence_head_seq")
+                          .Help("Sequence number of the newest evidence "
+                                "record (the chain's head).")
+                          .Register(*registry)
+                          .Add({})) {
     build_info.Add({{"version", Label(version)}}).Set(1);
     last_reload_ok.Set(1);
   }
@@ -167,6 +191,10 @@ struct Metrics::Impl {
   Family<Counter>& http_requests;
   Family<Gauge>& protocol_state;
   Counter& protocol_dropped;
+  Family<Counter>& evidence_records;
+  Family<Counter>& evidence_failures;
+  Gauge& evidence_pending;
+  Gauge& evidence_head;
 
   std::mutex mu;
   std::map<const Counter*, uint64_t> last_totals;  // guarded by mu
@@ -251,6 +279,18 @@ void Metrics::QueueDepth(std::string_view queue, double depth) {
 void Metrics::AdmissionRejected(std::string_view reason, uint64_t delta) {
   impl_->admission_rejected.Add({{"reason", Label(reason)}})
       .Increment(static_cast<double>(delta));
+}
+
+void Metrics::Evidence(uint64_t stored_total, uint64_t duplicate_total,
+                       uint64_t failures_total, double pending,
+                       double head_seq) {
+  impl_->SetTotal(impl_->evidence_records, {{"result", "stored"}},
+                  stored_total);
+  impl_->SetTotal(impl_->evidence_records, {{"result", "duplicate"}},
+                  duplicate_total);
+  impl_->SetTotal(impl_->evidence_failures, {}, failures_total);
+  impl_->evidence_pending.Set(pending);
+  impl_->evidence_head.Set(head_seq);
 }
 
 void Metrics::CheckpointAge(double seconds) {

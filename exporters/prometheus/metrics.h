@@ -87,6 +87,11 @@ class Metrics {
   void AdmissionRejected(std::string_view reason, uint64_t delta = 1);
   // invariantd_checkpoint_age_seconds
   void CheckpointAge(double seconds);
+  // invariantd_evidence_records_total{result="stored"|"duplicate"},
+  // invariantd_evidence_commit_failures_total (from running totals),
+  // invariantd_evidence_pending, invariantd_evidence_head_seq.
+  void Evidence(uint64_t stored_total, uint64_t duplicate_total,
+                uint64_t failures_total, double pending, double head_seq);
   // invariantd_config_reloads_total{result="success"|"failure"} and
   // invariantd_config_last_reload_successful (1 or 0).
   void Reload(bool ok);

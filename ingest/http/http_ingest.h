@@ -96,6 +96,7 @@ struct HttpIngestOptions {
 // Handle().
 struct HttpRequestView {
   std::string_view method;
+  std::string_view path;           // URL path, not decoded
   std::string_view authorization;  // the Authorization header's value
   std::string_view content_type;
   std::string_view query;  // after '?', not URL-decoded, may be empty

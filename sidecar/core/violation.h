@@ -30,6 +30,7 @@ struct Violation {
   std::string source;
   uint64_t line = 0;
   uint64_t offset = 0;
+  uint64_t stream = 0;         // Position::stream (file: device and inode)
   OwnedValue observed;         // the value that contradicts the state
   OwnedValue previous;         // the state it contradicts (missing if none)
   uint64_t previous_line = 0;  // line that established `previous`, 0 if unknown

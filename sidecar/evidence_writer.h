@@ -1,0 +1,123 @@
+// EvidenceWriter: group commit of violations into the evidence store, and
+// the gate that holds input acknowledgements until the evidence of
+// everything evaluated before them is durable.
+//
+//   worker threads ──Submit(record)──► pending ──► writer thread:
+//       one transaction per batch (every commit_interval, or at once when
+//       max_batch records wait), then for each record that was new (not a
+//       re-evaluation of a stored id): on_fresh(record, payload) -- e.g.
+//       print it, count it, queue the page; then run the acknowledgements
+//       that were waiting for this commit.
+//
+// WhenDurable(fn) runs fn once every record submitted before the call is
+// committed: at once when nothing is pending. A worker submits a record's
+// violations before it acknowledges the record, so an input is never
+// acknowledged before its evidence is on disk.
+//
+// A failed commit (disk full, I/O error) keeps the batch and retries with
+// backoff; nothing waiting for it is acknowledged meanwhile, and Submit
+// blocks once max_pending records wait (backpressure up to the sources).
+// The failure is reported through on_error and healthy() is false until a
+// commit succeeds.
+#ifndef INVARIANTD_SIDECAR_EVIDENCE_WRITER_H_
+#define INVARIANTD_SIDECAR_EVIDENCE_WRITER_H_
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "exporters/evidence/store.h"
+
+namespace invariantd {
+
+struct EvidenceWriterOptions {
+  std::chrono::milliseconds commit_interval{2};
+  size_t max_batch = 4096;
+  size_t max_pending = 65536;
+  // First retry delay after a failed commit; doubles up to max_backoff.
+  std::chrono::milliseconds backoff{50};
+  std::chrono::milliseconds max_backoff{5000};
+};
+
+struct EvidenceWriterStats {
+  uint64_t submitted = 0;
+  uint64_t stored = 0;      // new rows committed
+  uint64_t duplicates = 0;  // ids already stored (re-evaluations)
+  uint64_t commits = 0;
+  uint64_t failures = 0;  // failed commit attempts
+  uint64_t pending = 0;   // submitted, not yet committed
+  uint64_t head_seq = 0;
+  std::string head_hash;
+  std::string last_error;  // of the last failed commit, until one succeeds
+};
+
+class EvidenceWriter {
+ public:
+  using FreshFn =
+      std::function<void(const EvidenceRecord&, const std::string& payload)>;
+  using ErrorFn = std::function<void(const absl::Status&)>;
+
+  EvidenceWriter(std::unique_ptr<EvidenceStore> store,
+                 EvidenceWriterOptions options, FreshFn on_fresh,
+                 ErrorFn on_error);
+  ~EvidenceWriter();  // Stop()
+  EvidenceWriter(const EvidenceWriter&) = delete;
+  EvidenceWriter& operator=(const EvidenceWriter&) = delete;
+
+  void Start();
+  // Commits what is pending (retrying while it fails, until `deadline`),
+  // runs the waiting acknowledgements that became durable, and joins the
+  // thread. Returns false if records were left uncommitted.
+  bool Stop(std::chrono::steady_clock::time_point deadline =
+                std::chrono::steady_clock::time_point::max());
+
+  // Queues a record; `payload` is handed back to on_fresh. Thread-safe;
+  // blocks while max_pending records wait.
+  void Submit(EvidenceRecord record, std::string payload);
+  void WhenDurable(std::function<void()> fn);
+
+  EvidenceWriterStats Stats() const;
+  bool healthy() const;
+
+ private:
+  struct Item {
+    EvidenceRecord record;
+    std::string payload;
+  };
+  void Run();
+
+  std::unique_ptr<EvidenceStore> store_;  // writer thread only
+  const EvidenceWriterOptions options_;
+  const FreshFn on_fresh_;
+  const ErrorFn on_error_;
+
+  mutable std::mutex mu_;
+  std::condition_variable work_cv_;   // writer: something to do
+  std::condition_variable space_cv_;  // submitters: room in pending
+  std::vector<Item> pending_ ABSL_GUARDED_BY(mu_);
+  uint64_t submitted_ ABSL_GUARDED_BY(mu_) = 0;  // tickets issued
+  uint64_t committed_ ABSL_GUARDED_BY(mu_) = 0;  // tickets durable
+  // Acknowledgements waiting for a ticket to be durable, in ticket order.
+  std::deque<std::pair<uint64_t, std::function<void()>>> waiting_
+      ABSL_GUARDED_BY(mu_);
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  std::chrono::steady_clock::time_point deadline_ ABSL_GUARDED_BY(mu_);
+  EvidenceWriterStats stats_ ABSL_GUARDED_BY(mu_);
+  bool healthy_ ABSL_GUARDED_BY(mu_) = true;
+  bool started_ = false;
+  std::thread thread_;
+};
+
+}  // namespace invariantd
+
+#endif  // INVARIANTD_SIDECAR_EVIDENCE_WRITER_H_
