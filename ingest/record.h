@@ -41,7 +41,10 @@ class Acker {
 
 struct Record {
   // --- position (deterministic: violation ids are built from it) ---
-  std::string source;   // file path, "kafka:<topic>/<partition>", "http"
+  std::string source;  // file path, "kafka:<topic>/<partition>", "http"
+  // The source's kind, as SourceKindOf(source) gives it; set by the source
+  // so the pipeline never reads the source name per event.
+  uint8_t kind = 0;     // 0 file, 1 http, 2 kafka
   uint64_t line = 0;    // file: 1-based line; http: index in the batch
   uint64_t offset = 0;  // file: byte offset; kafka: offset; http: batch id
   uint64_t stream = 0;  // file: (device, inode) mix; see Position::stream

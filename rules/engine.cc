@@ -103,6 +103,16 @@ void Engine::Prepare(const Event& event, PreparedEvent* p) {
   }
 }
 
+void Engine::PrefetchState(const PreparedEvent& p, const uint8_t* mask) const {
+  const std::vector<Rule>& rules = rules_->rules();
+  for (size_t i = 0; i < rules.size(); ++i) {
+    if ((mask == nullptr || mask[i] != 0) &&
+        p.rule_status[i] == ObserveStatus::kOk && !p.rule_filtered[i]) {
+      states_[i]->Prefetch(p.key_hash[rules[i].key_group]);
+    }
+  }
+}
+
 bool Engine::Process(const Event& event, std::vector<Violation>* out) {
   if (scratch_.rule_status.size() != rules_->rules().size()) {
     scratch_ = NewPrepared();

@@ -102,7 +102,6 @@ void EvidenceWriter::Run() {
     absl::StatusOr<size_t> added = store_->Append(&records);
     if (!added.ok()) {
       for (size_t i = 0; i < n; ++i) batch[i].record = std::move(records[i]);
-      on_error_(added.status());
       l.lock();
       // Back at the front, in order: nothing is skipped or reordered.
       pending_.insert(pending_.begin(), std::make_move_iterator(batch.begin()),
@@ -110,6 +109,9 @@ void EvidenceWriter::Run() {
       ++stats_.failures;
       stats_.last_error = std::string(added.status().message());
       healthy_ = false;
+      l.unlock();
+      on_error_(added.status());  // after the stats say so
+      l.lock();
       if (stop_ && std::chrono::steady_clock::now() >= deadline_) break;
       space_cv_.notify_all();
       work_cv_.wait_for(l, backoff, [&] {

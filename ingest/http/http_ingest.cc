@@ -267,6 +267,7 @@ HttpResponse HttpIngest::Handle(const HttpRequestView& request) {
     }
     Record& rec = records.emplace_back();
     rec.source = "http";
+    rec.kind = 1;
     rec.line = number;
     rec.offset = batch_id;
     rec.bytes.assign(line);

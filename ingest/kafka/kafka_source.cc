@@ -351,6 +351,7 @@ void KafkaSource::HandleMessage(rd_kafka_message_t* msg) {
 
   Record r;
   r.source = part->source;
+  r.kind = 2;
   r.line = 0;
   r.offset = static_cast<uint64_t>(offset);
   r.length = msg->len;

@@ -52,6 +52,28 @@ EvidenceRecord Rec(int i) {
   return r;
 }
 
+// A second connection holding the database's write lock, so that the
+// writer's commits fail (SQLITE_BUSY) until Release(). Closed on scope exit,
+// also when an assertion returns early.
+class WriteLockHolder {
+ public:
+  explicit WriteLockHolder(const std::string& path) {
+    EXPECT_EQ(sqlite3_open(path.c_str(), &db_), SQLITE_OK);
+    EXPECT_EQ(sqlite3_exec(db_, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr),
+              SQLITE_OK);
+  }
+  ~WriteLockHolder() { Release(); }
+  void Release() {
+    if (db_ == nullptr) return;
+    sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+    sqlite3_close(db_);
+    db_ = nullptr;
+  }
+
+ private:
+  sqlite3* db_ = nullptr;
+};
+
 // Collects what on_fresh and on_error saw.
 struct Observed {
   std::mutex mu;
@@ -157,10 +179,7 @@ TEST(EvidenceWriterTest, FailedCommitsHoldAcksAndRetry) {
   const std::string path = dir.File("e.db");
   Observed seen;
   auto w = MakeWriter(path, &seen, /*busy_timeout_ms=*/1);
-  sqlite3* blocker = nullptr;
-  ASSERT_EQ(sqlite3_open(path.c_str(), &blocker), SQLITE_OK);
-  ASSERT_EQ(sqlite3_exec(blocker, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr),
-            SQLITE_OK);
+  WriteLockHolder blocker(path);  // destroyed before w: never a hang
   w->Start();
   std::atomic<bool> acked{false};
   w->Submit(Rec(1), "one");
@@ -176,9 +195,7 @@ TEST(EvidenceWriterTest, FailedCommitsHoldAcksAndRetry) {
   EXPECT_FALSE(w->healthy());
   EXPECT_FALSE(acked.load());
   EXPECT_FALSE(w->Stats().last_error.empty());
-  ASSERT_EQ(sqlite3_exec(blocker, "COMMIT", nullptr, nullptr, nullptr),
-            SQLITE_OK);
-  sqlite3_close(blocker);
+  blocker.Release();
   ASSERT_TRUE(w->Stop());
   EXPECT_TRUE(acked.load());
   EXPECT_TRUE(w->healthy());
@@ -194,10 +211,7 @@ TEST(EvidenceWriterTest, StopGivesUpAtTheDeadlineWithoutAcking) {
   const std::string path = dir.File("e.db");
   Observed seen;
   auto w = MakeWriter(path, &seen, /*busy_timeout_ms=*/1);
-  sqlite3* blocker = nullptr;
-  ASSERT_EQ(sqlite3_open(path.c_str(), &blocker), SQLITE_OK);
-  ASSERT_EQ(sqlite3_exec(blocker, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr),
-            SQLITE_OK);
+  WriteLockHolder blocker(path);
   w->Start();
   bool acked = false;
   w->Submit(Rec(1), "one");
@@ -206,8 +220,6 @@ TEST(EvidenceWriterTest, StopGivesUpAtTheDeadlineWithoutAcking) {
                        std::chrono::milliseconds(50)));
   EXPECT_FALSE(acked);
   EXPECT_EQ(w->Stats().pending, 1u);
-  sqlite3_exec(blocker, "ROLLBACK", nullptr, nullptr, nullptr);
-  sqlite3_close(blocker);
 }
 
 }  // namespace
