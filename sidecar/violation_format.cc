@@ -47,29 +47,39 @@ Json ParseOrString(const std::string& text) {
   return parsed;
 }
 
-}  // namespace
-
-std::string ViolationJson(const Violation& v) {
+// The fields a violation is reported with everywhere (replay, run, the
+// evidence API), in that order: a Violation and an EvidenceRecord name
+// them alike.
+template <typename R>
+Json ReportedFields(const R& r, Json key, Json observed, Json previous) {
   Json j;
-  j["id"] = v.id;
-  j["rule"] = v.rule;
-  j["kind"] = v.kind;
-  j["severity"] = v.severity;
-  j["reason"] = v.reason;
-  Json key = Json::object();
-  for (const auto& [name, value] : v.key) key[name] = ValueToJson(value);
+  j["id"] = r.id;
+  j["rule"] = r.rule;
+  j["kind"] = r.kind;
+  j["severity"] = r.severity;
+  j["reason"] = r.reason;
   j["key"] = std::move(key);
-  j["source"] = v.source;
-  j["line"] = v.line;
-  j["offset"] = v.offset;
-  j["observed"] = ValueToJson(v.observed);
-  j["previous"] = ValueToJson(v.previous);
-  if (v.previous_line != 0) {
-    j["previous_line"] = v.previous_line;
+  j["source"] = r.source;
+  j["line"] = r.line;
+  j["offset"] = r.offset;
+  j["observed"] = std::move(observed);
+  j["previous"] = std::move(previous);
+  if (r.previous_line != 0) {
+    j["previous_line"] = r.previous_line;
   } else {
     j["previous_line"] = nullptr;
   }
-  j["message"] = v.message;
+  j["message"] = r.message;
+  return j;
+}
+
+}  // namespace
+
+std::string ViolationJson(const Violation& v) {
+  Json key = Json::object();
+  for (const auto& [name, value] : v.key) key[name] = ValueToJson(value);
+  Json j = ReportedFields(v, std::move(key), ValueToJson(v.observed),
+                          ValueToJson(v.previous));
   j["description"] = v.description;
   j["runbook"] = v.runbook;
   Json labels = Json::object();
@@ -110,24 +120,9 @@ EvidenceRecord ViolationEvidence(const Violation& v,
 }
 
 std::string EvidenceJson(const EvidenceRecord& r) {
-  Json j;
-  j["id"] = r.id;
-  j["rule"] = r.rule;
-  j["kind"] = r.kind;
-  j["severity"] = r.severity;
-  j["reason"] = r.reason;
-  j["key"] = ParseOrString(r.key_json);
-  j["source"] = r.source;
-  j["line"] = r.line;
-  j["offset"] = r.offset;
-  j["observed"] = ParseOrString(r.observed_json);
-  j["previous"] = ParseOrString(r.previous_json);
-  if (r.previous_line != 0) {
-    j["previous_line"] = r.previous_line;
-  } else {
-    j["previous_line"] = nullptr;
-  }
-  j["message"] = r.message;
+  Json j = ReportedFields(r, ParseOrString(r.key_json),
+                          ParseOrString(r.observed_json),
+                          ParseOrString(r.previous_json));
   j["seq"] = r.seq;
   j["stream"] = r.stream;
   j["witness"] = r.witness;

@@ -11,26 +11,12 @@
 #include "exporters/evidence/store.h"
 #include "gtest/gtest.h"
 #include "rapidcheck/gtest.h"
+#include "tests/temp_dir.h"
 
 namespace invariantd {
 namespace {
 
 namespace fs = std::filesystem;
-
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "evidence-XXXXXX").string();
-    path_ = ::mkdtemp(tmpl.data());
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  std::string File(std::string_view name) const {
-    return (fs::path(path_) / name).string();
-  }
-
- private:
-  std::string path_;
-};
 
 EvidenceRecord Rec(int i, std::string rule = "term") {
   EvidenceRecord r;
