@@ -30,6 +30,7 @@
 #include "gtest/gtest.h"
 #include "ingest/record.h"
 #include "sidecar/core/strings.h"
+#include "tests/kafka_mock_cluster.h"
 
 namespace invariantd {
 namespace {
@@ -52,38 +53,6 @@ bool WaitUntil(const std::function<bool()>& pred,
   }
   return pred();
 }
-
-void QuietLog(const rd_kafka_t*, int, const char*, const char*) {}
-
-// An in-process mock cluster with 3 brokers.
-class MockCluster {
- public:
-  MockCluster() {
-    rd_kafka_conf_t* conf = rd_kafka_conf_new();
-    rd_kafka_conf_set_log_cb(conf, &QuietLog);
-    char errstr[256];
-    rk_ = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
-    EXPECT_NE(rk_, nullptr) << errstr;
-    mc_ = rd_kafka_mock_cluster_new(rk_, 3);
-    EXPECT_NE(mc_, nullptr);
-  }
-  ~MockCluster() {
-    rd_kafka_mock_cluster_destroy(mc_);
-    rd_kafka_destroy(rk_);
-  }
-  rd_kafka_mock_cluster_t* cluster() { return mc_; }
-  std::string bootstraps() const {
-    return rd_kafka_mock_cluster_bootstraps(mc_);
-  }
-  void CreateTopic(const std::string& topic, int partitions) {
-    ASSERT_EQ(rd_kafka_mock_topic_create(mc_, topic.c_str(), partitions, 1),
-              RD_KAFKA_RESP_ERR_NO_ERROR);
-  }
-
- private:
-  rd_kafka_t* rk_ = nullptr;
-  rd_kafka_mock_cluster_t* mc_ = nullptr;
-};
 
 struct Msg {
   int32_t partition = 0;
@@ -111,7 +80,7 @@ void Produce(const std::string& bootstraps, const std::string& topic,
   ASSERT_EQ(
       rd_kafka_conf_set(conf, "max.in.flight", "1", errstr, sizeof(errstr)),
       RD_KAFKA_CONF_OK);
-  rd_kafka_conf_set_log_cb(conf, &QuietLog);
+  rd_kafka_conf_set_log_cb(conf, &QuietKafkaLog);
   rd_kafka_conf_set_dr_msg_cb(conf, &DeliveryReport);
   rd_kafka_t* rk =
       rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));

@@ -39,6 +39,7 @@
 #include "nlohmann/json.hpp"
 #include "re2/re2.h"
 #include "tests/integration/child_process.h"
+#include "tests/kafka_mock_cluster.h"
 
 namespace invariantd {
 namespace {
@@ -51,40 +52,6 @@ namespace fs = std::filesystem;
 
 // Deadline for every polled condition.
 constexpr int kDeadlineSeconds = 60;
-
-void QuietLog(const rd_kafka_t*, int, const char*, const char*) {}
-
-// An in-process mock cluster with 3 brokers on loopback.
-class MockCluster {
- public:
-  MockCluster() {
-    rd_kafka_conf_t* conf = rd_kafka_conf_new();
-    rd_kafka_conf_set_log_cb(conf, &QuietLog);
-    char errstr[256];
-    rk_ = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
-    EXPECT_NE(rk_, nullptr) << errstr;
-    if (rk_ != nullptr) mc_ = rd_kafka_mock_cluster_new(rk_, 3);
-    EXPECT_NE(mc_, nullptr);
-  }
-  ~MockCluster() {
-    if (mc_ != nullptr) rd_kafka_mock_cluster_destroy(mc_);
-    if (rk_ != nullptr) rd_kafka_destroy(rk_);
-  }
-  MockCluster(const MockCluster&) = delete;
-  MockCluster& operator=(const MockCluster&) = delete;
-
-  std::string bootstraps() const {
-    return rd_kafka_mock_cluster_bootstraps(mc_);
-  }
-  void CreateTopic(const std::string& topic, int partitions) {
-    ASSERT_EQ(rd_kafka_mock_topic_create(mc_, topic.c_str(), partitions, 1),
-              RD_KAFKA_RESP_ERR_NO_ERROR);
-  }
-
- private:
-  rd_kafka_t* rk_ = nullptr;
-  rd_kafka_mock_cluster_t* mc_ = nullptr;
-};
 
 // Where the broker stored a produced message.
 struct Position {
@@ -120,7 +87,7 @@ void ProduceLines(const std::string& bootstraps, const std::string& topic,
   ASSERT_EQ(
       rd_kafka_conf_set(conf, "max.in.flight", "1", errstr, sizeof(errstr)),
       RD_KAFKA_CONF_OK);
-  rd_kafka_conf_set_log_cb(conf, &QuietLog);
+  rd_kafka_conf_set_log_cb(conf, &QuietKafkaLog);
   rd_kafka_conf_set_dr_msg_cb(conf, &DeliveryReport);
   rd_kafka_t* rk =
       rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
