@@ -321,9 +321,9 @@ absl::Status EvidenceStore::LoadHead() {
 }
 
 absl::StatusOr<size_t> EvidenceStore::Append(
-    std::vector<EvidenceRecord>* records) {
+    std::vector<EvidenceRecord>* records, const TxnFn& extra) {
   if (read_only_) return absl::FailedPreconditionError("opened read-only");
-  if (records->empty()) return 0;
+  if (records->empty() && !extra) return 0;
   size_t added = 0;
   uint64_t seq = head_seq_;
   std::string hash = head_hash_;
@@ -379,10 +379,20 @@ absl::StatusOr<size_t> EvidenceStore::Append(
       }
       ++added;
     }
-    if (added == 0) return absl::OkStatus();
-    head.BindU(1, seq);
-    head.Bind(2, hash);
-    if (head.Step() != SQLITE_DONE) return SqlError(db_, "moving the head");
+    if (added > 0) {
+      head.BindU(1, seq);
+      head.Bind(2, hash);
+      if (head.Step() != SQLITE_DONE) return SqlError(db_, "moving the head");
+    }
+    std::vector<const EvidenceRecord*> fresh;
+    fresh.reserve(added);
+    for (const EvidenceRecord& r : *records) {
+      if (r.seq != 0) fresh.push_back(&r);
+    }
+    for (const TxnFn& hook : hooks_) {
+      if (absl::Status hs = hook(db_, fresh); !hs.ok()) return hs;
+    }
+    if (extra) return extra(db_, fresh);
     return absl::OkStatus();
   });
   if (!s.ok()) {

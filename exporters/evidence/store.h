@@ -29,6 +29,7 @@
 #define INVARIANTD_EXPORTERS_EVIDENCE_STORE_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -114,10 +115,31 @@ class EvidenceStore {
   EvidenceStore(const EvidenceStore&) = delete;
   EvidenceStore& operator=(const EvidenceStore&) = delete;
 
+  // Work that commits atomically with the evidence: it runs inside
+  // Append's transaction, after the new rows are inserted and before
+  // COMMIT. `fresh` are the records that were new (not stored before). An
+  // error rolls the whole transaction back: Append fails, nothing of it is
+  // stored.
+  using TxnFn = std::function<absl::Status(
+      sqlite3* db, const std::vector<const EvidenceRecord*>& fresh)>;
+
+  // Runs on every Append from now on (e.g. the alert outbox rows of the
+  // new violations). Not thread-safe: install before the writer starts.
+  void AddTxnHook(TxnFn hook) { hooks_.push_back(std::move(hook)); }
+
   // Appends, in one transaction, the records whose id is not stored yet,
   // chaining them in order; sets seq/prev_hash/hash on those and returns
   // how many were new (the others are left unchanged: already stored).
-  absl::StatusOr<size_t> Append(std::vector<EvidenceRecord>* records);
+  // The hooks, then `extra` (when set; e.g. a rule-state checkpoint), run
+  // in the same transaction. With no records, only they run (a transaction
+  // is still committed when `extra` is set).
+  absl::StatusOr<size_t> Append(std::vector<EvidenceRecord>* records,
+                                const TxnFn& extra = nullptr);
+
+  // The connection, for owners of other tables in the same database (to
+  // create their schema, and in hooks). Used by one thread at a time, like
+  // the store.
+  sqlite3* db() const { return db_; }
 
   absl::StatusOr<std::optional<EvidenceRecord>> Get(std::string_view id);
   // Rows matching `q`, in seq order, at most q.limit.
@@ -141,6 +163,7 @@ class EvidenceStore {
 
   sqlite3* db_;
   bool read_only_;
+  std::vector<TxnFn> hooks_;
   uint64_t head_seq_ = 0;
   std::string head_hash_;  // hex
 };
