@@ -26,6 +26,7 @@
 #include "sidecar/evidence_writer.h"
 #include "sidecar/http_server.h"
 #include "sidecar/log.h"
+#include "sidecar/paging.h"
 #include "sidecar/pipeline.h"
 #include "sidecar/violation_format.h"
 
@@ -42,6 +43,7 @@ struct App::Services {
   std::unique_ptr<FileTailer> tailer;
   std::unique_ptr<KafkaSource> kafka;
   std::unique_ptr<EvidenceWriter> evidence;  // null when disabled
+  std::unique_ptr<Pager> pager;              // null when paging is off
   std::string evidence_path;
   // A read-only connection for the query API, opened on first use.
   std::mutex evidence_read_mu;
@@ -194,6 +196,14 @@ absl::Status App::Start() {
         {{"path", s_->evidence_path},
          {"head_seq", absl::StrCat((*store)->head_seq())},
          {"head_hash", (*store)->head_hash()}});
+    if (PagingEnabled(config_)) {
+      // The outbox rows of new violations commit with their evidence.
+      auto pager = InstallPaging(config_, store->get(), s_->evidence_path, [s] {
+        return s->pipeline ? s->pipeline->rules() : s->rules;
+      });
+      if (!pager.ok()) return pager.status();
+      s_->pager = *std::move(pager);
+    }
     EvidenceWriterOptions eopts;
     eopts.commit_interval =
         std::chrono::milliseconds(config_.evidence_commit_interval_ms);
@@ -201,6 +211,7 @@ absl::Status App::Start() {
         *std::move(store), eopts,
         [s, to_stdout](const EvidenceRecord& r, const std::string& line) {
           s->metrics->RuleViolation(r.rule, r.severity);
+          if (s->pager) s->pager->Notify();
           if (to_stdout) {
             std::lock_guard<std::mutex> l(s->out_mu);
             WriteAll(STDOUT_FILENO, line);
@@ -329,6 +340,10 @@ absl::Status App::Start() {
         return ok;
       });
     });
+    if (s_->pager) {
+      RegisterAlertRoutes(s_->http.get(), s_->evidence_path, s_->pager.get(),
+                          authorized);
+    }
   }
   s_->http->Handle("GET", "/metrics", [s](const HttpRequestView&) {
     HttpResponse r;
@@ -360,12 +375,26 @@ absl::Status App::Start() {
         problems.empty()
             ? absl::StrCat("ready: ", rules->rules().size(), " rules loaded\n")
             : absl::StrCat("not ready: ", absl::StrJoin(problems, "; "), "\n");
+    // Paging trouble does not make the sidecar unready (checking goes on
+    // and pages wait in the outbox); it is reported here and in metrics.
+    if (s->pager) {
+      const std::string detail = s->pager->HealthDetail();
+      absl::StrAppend(&r.body, "alerting: ", detail.empty() ? "ok" : detail,
+                      "\n");
+    }
     return r;
   });
   HttpServer::Options sopts;
   sopts.listen = config_.listen;
   sopts.max_body_bytes = config_.http_max_body_bytes;
   if (absl::Status st = s_->http->Start(sopts); !st.ok()) return st;
+  if (s_->pager) {
+    s_->pager->SetExternalUrl(
+        config_.alert_external_url.empty()
+            ? DefaultExternalUrl(config_.listen, s_->http->port())
+            : config_.alert_external_url);
+    s_->pager->Start();
+  }
   Log(LogLevel::kInfo, "listening",
       {{"address", config_.listen},
        {"port", absl::StrCat(s_->http->port())},
@@ -583,6 +612,7 @@ void App::Housekeeping() {
     }
     m.CheckpointAge(static_cast<double>(NowNs() - s_->last_checkpoint_ns) /
                     1e9);
+    if (s_->pager) ReportPagerMetrics(*s_->pager, &m);
     if (s_->evidence) {
       const EvidenceWriterStats es = s_->evidence->Stats();
       m.Evidence(es.stored, es.duplicates, es.failures,
@@ -643,6 +673,12 @@ void App::StopAll() {
            {"head_hash", es.head_hash},
            {"pending", absl::StrCat(es.pending)}});
     }
+    if (s_->pager) {
+      // After the writer: its last commits' pages are queued. What is not
+      // delivered now stays in the outbox for the next start.
+      s_->pager->Stop(std::chrono::steady_clock::now() +
+                      std::chrono::milliseconds(config_.shutdown_timeout_ms));
+    }
     if (s_->tailer) {
       Checkpoint();
       Log(LogLevel::kInfo, "final checkpoint written",
@@ -657,6 +693,7 @@ void App::StopAll() {
   s_->kafka.reset();
   s_->tailer.reset();
   s_->evidence.reset();
+  s_->pager.reset();
   s_->http.reset();
   s_->http_ingest.reset();
   s_->pipeline.reset();

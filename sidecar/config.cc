@@ -129,58 +129,82 @@ absl::Status LoadRunConfig(const std::string& path, RunConfig* c) {
   }
   Reader r(path);
   if (root.IsNull()) return absl::OkStatus();  // empty file: defaults
-  r.Map(root, "the configuration",
-        {{"rules", r.Strings(&c->rules)},
-         {"listen", r.String(&c->listen)},
-         {"data_dir", r.String(&c->data_dir)},
-         {"workers", r.Int(&c->workers, 1, 64)},
-         {"stdout", r.Bool(&c->stdout_violations)},
-         {"log_level", r.String(&c->log_level)},
-         {"queue_capacity", r.Int(&c->queue_capacity, 16, 1 << 24)},
-         {"shutdown_timeout_ms", r.Int(&c->shutdown_timeout_ms, 0, 600000)},
-         {"checkpoint_interval_ms",
-          r.Int(&c->checkpoint_interval_ms, 10, 600000)},
-         {"input",
-          [&](const YAML::Node& n) {
-            r.Map(n, "input",
-                  {{"format", r.String(&c->input_format)},
-                   {"pattern", r.String(&c->pattern)},
-                   {"max_line_bytes", r.Int(&c->max_line_bytes, 64, 1LL << 30)},
-                   {"dedupe_window", r.Int(&c->dedupe_window, 0, 1 << 24)}});
-          }},
-         {"tail",
-          [&](const YAML::Node& n) {
-            r.Map(n, "tail",
-                  {{"paths", r.Strings(&c->tail)},
-                   {"poll_interval_ms",
-                    r.Int(&c->tail_poll_interval_ms, 10, 60000)}});
-          }},
-         {"http",
-          [&](const YAML::Node& n) {
-            r.Map(n, "http",
-                  {{"ingest", r.Bool(&c->http_ingest)},
-                   {"auth_token_file", r.String(&c->auth_token_file)},
-                   {"max_body_bytes",
-                    r.Int(&c->http_max_body_bytes, 1024, 1LL << 30)},
-                   {"max_events", r.Int(&c->http_max_events, 1, 1 << 24)}});
-          }},
-         {"evidence",
-          [&](const YAML::Node& n) {
-            r.Map(n, "evidence",
-                  {{"enabled", r.Bool(&c->evidence)},
-                   {"retention_hours",
-                    r.Int(&c->evidence_retention_hours, 0, 24 * 365 * 100)},
-                   {"max_bytes", r.Int(&c->evidence_max_bytes, 0, 1LL << 50)},
-                   {"commit_interval_ms",
-                    r.Int(&c->evidence_commit_interval_ms, 0, 10000)}});
-          }},
-         {"kafka", [&](const YAML::Node& n) {
-            r.Map(n, "kafka",
-                  {{"brokers", r.String(&c->kafka_brokers)},
-                   {"topics", r.Strings(&c->kafka_topics)},
-                   {"group", r.String(&c->kafka_group)},
-                   {"config", r.StringMap(&c->kafka_config)}});
-          }}});
+  r.Map(
+      root, "the configuration",
+      {{"rules", r.Strings(&c->rules)},
+       {"listen", r.String(&c->listen)},
+       {"data_dir", r.String(&c->data_dir)},
+       {"workers", r.Int(&c->workers, 1, 64)},
+       {"stdout", r.Bool(&c->stdout_violations)},
+       {"log_level", r.String(&c->log_level)},
+       {"queue_capacity", r.Int(&c->queue_capacity, 16, 1 << 24)},
+       {"shutdown_timeout_ms", r.Int(&c->shutdown_timeout_ms, 0, 600000)},
+       {"checkpoint_interval_ms",
+        r.Int(&c->checkpoint_interval_ms, 10, 600000)},
+       {"input",
+        [&](const YAML::Node& n) {
+          r.Map(n, "input",
+                {{"format", r.String(&c->input_format)},
+                 {"pattern", r.String(&c->pattern)},
+                 {"max_line_bytes", r.Int(&c->max_line_bytes, 64, 1LL << 30)},
+                 {"dedupe_window", r.Int(&c->dedupe_window, 0, 1 << 24)}});
+        }},
+       {"tail",
+        [&](const YAML::Node& n) {
+          r.Map(n, "tail",
+                {{"paths", r.Strings(&c->tail)},
+                 {"poll_interval_ms",
+                  r.Int(&c->tail_poll_interval_ms, 10, 60000)}});
+        }},
+       {"http",
+        [&](const YAML::Node& n) {
+          r.Map(n, "http",
+                {{"ingest", r.Bool(&c->http_ingest)},
+                 {"auth_token_file", r.String(&c->auth_token_file)},
+                 {"max_body_bytes",
+                  r.Int(&c->http_max_body_bytes, 1024, 1LL << 30)},
+                 {"max_events", r.Int(&c->http_max_events, 1, 1 << 24)}});
+        }},
+       {"evidence",
+        [&](const YAML::Node& n) {
+          r.Map(n, "evidence",
+                {{"enabled", r.Bool(&c->evidence)},
+                 {"retention_hours",
+                  r.Int(&c->evidence_retention_hours, 0, 24 * 365 * 100)},
+                 {"max_bytes", r.Int(&c->evidence_max_bytes, 0, 1LL << 50)},
+                 {"commit_interval_ms",
+                  r.Int(&c->evidence_commit_interval_ms, 0, 10000)}});
+        }},
+       {"alerting",
+        [&](const YAML::Node& n) {
+          r.Map(
+              n, "alerting",
+              {{"alertmanagers", r.Strings(&c->alertmanagers)},
+               {"webhook",
+                [&](const YAML::Node& w) {
+                  r.Map(w, "alerting.webhook",
+                        {{"url", r.String(&c->webhook_url)},
+                         {"secret_file", r.String(&c->webhook_secret_file)}});
+                }},
+               {"external_url", r.String(&c->alert_external_url)},
+               {"resend_interval_seconds",
+                r.Int(&c->alert_resend_interval_seconds, 1, 86400)},
+               {"hold_seconds", r.Int(&c->alert_hold_seconds, 1, 86400 * 365)},
+               {"timeout_ms", r.Int(&c->alert_timeout_ms, 100, 600000)},
+               {"backoff_initial_ms",
+                r.Int(&c->alert_backoff_initial_ms, 10, 3600000)},
+               {"backoff_max_ms",
+                r.Int(&c->alert_backoff_max_ms, 10, 86400000)},
+               {"max_batch", r.Int(&c->alert_max_batch, 1, 10000)},
+               {"max_labels", r.Int(&c->alert_max_labels, 4, 256)}});
+        }},
+       {"kafka", [&](const YAML::Node& n) {
+          r.Map(n, "kafka",
+                {{"brokers", r.String(&c->kafka_brokers)},
+                 {"topics", r.Strings(&c->kafka_topics)},
+                 {"group", r.String(&c->kafka_group)},
+                 {"config", r.StringMap(&c->kafka_config)}});
+        }}});
   if (!r.errors().empty()) {
     return absl::InvalidArgumentError(absl::StrJoin(r.errors(), "\n"));
   }
@@ -205,6 +229,34 @@ absl::Status ValidateRunConfig(const RunConfig& c) {
   }
   if (!c.kafka_brokers.empty() && c.kafka_topics.empty()) {
     errors.push_back("kafka brokers given without a topic");
+  }
+  static const LazyRE2 kHttpUrl = {R"(https?://[^\s/?#]+(/[^\s]*)?)"};
+  for (const std::string& u : c.alertmanagers) {
+    if (!RE2::FullMatch(u, *kHttpUrl)) {
+      errors.push_back(
+          absl::StrCat("alertmanager URL '", u, "' is not an http(s) URL"));
+    }
+  }
+  if (!c.webhook_url.empty() && !RE2::FullMatch(c.webhook_url, *kHttpUrl)) {
+    errors.push_back(absl::StrCat("webhook URL '", c.webhook_url,
+                                  "' is not an http(s) URL"));
+  }
+  if (!c.webhook_secret_file.empty() && c.webhook_url.empty()) {
+    errors.push_back("a webhook secret file is given without a webhook URL");
+  }
+  if (!c.alert_external_url.empty() &&
+      !RE2::FullMatch(c.alert_external_url, *kHttpUrl)) {
+    errors.push_back(absl::StrCat("alerting external_url '",
+                                  c.alert_external_url,
+                                  "' is not an http(s) URL"));
+  }
+  if ((!c.alertmanagers.empty() || !c.webhook_url.empty()) && !c.evidence) {
+    errors.push_back(
+        "alerting needs the evidence store (its outbox lives there): drop "
+        "--no-evidence / evidence.enabled: false, or configure no sink");
+  }
+  if (c.alert_backoff_max_ms < c.alert_backoff_initial_ms) {
+    errors.push_back("alerting backoff_max_ms is below backoff_initial_ms");
   }
   if (!errors.empty()) {
     return absl::InvalidArgumentError(absl::StrJoin(errors, "\n"));

@@ -47,6 +47,18 @@ struct RunConfig {
   int evidence_retention_hours = 720;               // 0: no age limit
   uint64_t evidence_max_bytes = uint64_t{1} << 30;  // 0: no size limit
   int evidence_commit_interval_ms = 0;              // 0: commit as soon as idle
+  // alerting (paging; docs/alerting.md): on when a sink is configured
+  std::vector<std::string> alertmanagers;  // base URLs, one sink each
+  std::string webhook_url;
+  std::string webhook_secret_file;  // HMAC-SHA256 key of the signature
+  std::string alert_external_url;   // empty: http://<listen address>
+  int alert_resend_interval_seconds = 60;
+  int alert_hold_seconds = 3600;
+  int alert_timeout_ms = 5000;
+  int alert_backoff_initial_ms = 1000;
+  int alert_backoff_max_ms = 300000;
+  int alert_max_batch = 500;
+  int alert_max_labels = 32;
   // lifecycle
   int shutdown_timeout_ms = 10000;
   int checkpoint_interval_ms = 1000;

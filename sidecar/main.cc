@@ -7,6 +7,7 @@
 #include "sidecar/commands.h"
 #include "sidecar/config.h"
 #include "sidecar/evidence_query.h"
+#include "sidecar/paging.h"
 
 int main(int argc, char** argv) {
   using namespace invariantd;
@@ -86,6 +87,26 @@ int main(int argc, char** argv) {
   }
   ev_show->add_option("id", ev.id, "Violation id")->required();
 
+  // alerts: the alerts the pager keeps, while the daemon runs or not.
+  AlertsCommand al;
+  auto* alp = app.add_subcommand(
+      "alerts", "List alerts or resolve one (works while the daemon runs)");
+  alp->require_subcommand(1);
+  auto* al_list = alp->add_subcommand("list", "Print the firing alerts");
+  auto* al_resolve = alp->add_subcommand(
+      "resolve", "Resolve an alert now; the daemon sends the resolve");
+  for (CLI::App* sub : {al_list, al_resolve}) {
+    sub->add_option("--data-dir", al.data_dir, "State directory")
+        ->capture_default_str();
+  }
+  al_list->add_flag("--all", al.all, "Resolved alerts too");
+  al_list->add_option("--limit", al.limit, "At most this many")
+      ->check(CLI::Range(size_t{1}, size_t{1000000}));
+  al_list->add_option("--format", al.format, "Output format")
+      ->check(CLI::IsMember({"jsonl", "text"}));
+  al_resolve->add_option("fingerprint", al.fingerprint, "Alert fingerprint")
+      ->required();
+
   // run: flags override the config file, which overrides the defaults.
   std::string run_config_path;
   RunConfig flags;
@@ -124,6 +145,16 @@ int main(int argc, char** argv) {
   run->add_flag("--no-evidence", no_evidence,
                 "Keep no evidence store (inputs are acknowledged once "
                 "evaluated)");
+  std::vector<std::string> run_alertmanagers;
+  run->add_option("--alertmanager", run_alertmanagers,
+                  "Alertmanager base URL to page (repeatable)")
+      ->allow_extra_args(false)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  auto* webhook = run->add_option("--webhook", flags.webhook_url,
+                                  "Webhook URL to page (JSON POST)");
+  auto* webhook_secret =
+      run->add_option("--webhook-secret-file", flags.webhook_secret_file,
+                      "File holding the webhook's HMAC-SHA256 key");
   run->add_flag("--no-stdout", no_stdout,
                 "Do not print violations as JSON lines on stdout");
 
@@ -152,6 +183,10 @@ int main(int argc, char** argv) {
       ev.params.emplace_back("limit", std::to_string(ev_limit));
     return RunEvidence(ev, std::cout, std::cerr);
   }
+  if (*alp) {
+    al.action = *al_list ? "list" : "resolve";
+    return RunAlerts(al, std::cout, std::cerr);
+  }
   if (*run) {
     RunConfig config;
     if (!run_config_path.empty()) {
@@ -164,6 +199,11 @@ int main(int argc, char** argv) {
     if (!run_rules.empty()) config.rules = run_rules;
     if (!run_tail.empty()) config.tail = run_tail;
     if (!run_topics.empty()) config.kafka_topics = run_topics;
+    if (!run_alertmanagers.empty()) config.alertmanagers = run_alertmanagers;
+    if (*webhook) config.webhook_url = flags.webhook_url;
+    if (*webhook_secret) {
+      config.webhook_secret_file = flags.webhook_secret_file;
+    }
     if (*listen) config.listen = flags.listen;
     if (*data_dir) config.data_dir = flags.data_dir;
     if (*brokers) config.kafka_brokers = flags.kafka_brokers;

@@ -149,6 +149,48 @@ struct Metrics::Impl {
                              .Help("Violations waiting to be committed.")
                              .Register(*registry)
                              .Add({})),
+        alert_notifications(
+            prometheus::BuildCounter()
+                .Name("invariantd_alert_notifications_total")
+                .Help("Alert outbox notifications delivered to a sink "
+                      "(result=grouped: folded into another's delivery).")
+                .Register(*registry)),
+        alert_deliveries(prometheus::BuildCounter()
+                             .Name("invariantd_alert_deliveries_total")
+                             .Help("Successful POSTs to an alert sink.")
+                             .Register(*registry)),
+        alert_failures(
+            prometheus::BuildCounter()
+                .Name("invariantd_alert_delivery_failures_total")
+                .Help("Failed POSTs to an alert sink (retried later).")
+                .Register(*registry)),
+        alert_retries(prometheus::BuildCounter()
+                          .Name("invariantd_alert_delivery_retries_total")
+                          .Help("POSTs of pages that had failed before.")
+                          .Register(*registry)),
+        alert_resends(prometheus::BuildCounter()
+                          .Name("invariantd_alert_resends_total")
+                          .Help("Successful re-sends of the active alerts to "
+                                "an Alertmanager.")
+                          .Register(*registry)),
+        alert_queued(prometheus::BuildGauge()
+                         .Name("invariantd_alert_outbox_queued")
+                         .Help("Notifications waiting in the outbox.")
+                         .Register(*registry)),
+        alert_oldest(prometheus::BuildGauge()
+                         .Name("invariantd_alert_outbox_oldest_age_seconds")
+                         .Help("Age of the oldest undelivered notification.")
+                         .Register(*registry)),
+        alerts_active(prometheus::BuildGauge()
+                          .Name("invariantd_alerts_active")
+                          .Help("Alerts firing (not resolved).")
+                          .Register(*registry)
+                          .Add({})),
+        alert_resolves(prometheus::BuildCounter()
+                           .Name("invariantd_alert_resolves_total")
+                           .Help("Alert resolves queued (hold expired or "
+                                 "resolved by an operator).")
+                           .Register(*registry)),
         evidence_head(prometheus::BuildGauge()
                           .Name("invariantd_evidence_head_seq")
                           .Help("Sequence number of the newest evidence "
@@ -194,6 +236,15 @@ struct Metrics::Impl {
   Family<Counter>& evidence_records;
   Family<Counter>& evidence_failures;
   Gauge& evidence_pending;
+  Family<Counter>& alert_notifications;
+  Family<Counter>& alert_deliveries;
+  Family<Counter>& alert_failures;
+  Family<Counter>& alert_retries;
+  Family<Counter>& alert_resends;
+  Family<Gauge>& alert_queued;
+  Family<Gauge>& alert_oldest;
+  Gauge& alerts_active;
+  Family<Counter>& alert_resolves;
   Gauge& evidence_head;
 
   std::mutex mu;
@@ -291,6 +342,29 @@ void Metrics::Evidence(uint64_t stored_total, uint64_t duplicate_total,
   impl_->SetTotal(impl_->evidence_failures, {}, failures_total);
   impl_->evidence_pending.Set(pending);
   impl_->evidence_head.Set(head_seq);
+}
+
+void Metrics::AlertSink(std::string_view sink, uint64_t delivered_total,
+                        uint64_t grouped_total, uint64_t deliveries_total,
+                        uint64_t failures_total, uint64_t retries_total,
+                        uint64_t resends_total, double queued,
+                        double oldest_age_s) {
+  const std::string name = Label(sink);
+  impl_->SetTotal(impl_->alert_notifications,
+                  {{"sink", name}, {"result", "delivered"}}, delivered_total);
+  impl_->SetTotal(impl_->alert_notifications,
+                  {{"sink", name}, {"result", "grouped"}}, grouped_total);
+  impl_->SetTotal(impl_->alert_deliveries, {{"sink", name}}, deliveries_total);
+  impl_->SetTotal(impl_->alert_failures, {{"sink", name}}, failures_total);
+  impl_->SetTotal(impl_->alert_retries, {{"sink", name}}, retries_total);
+  impl_->SetTotal(impl_->alert_resends, {{"sink", name}}, resends_total);
+  impl_->alert_queued.Add({{"sink", name}}).Set(queued);
+  impl_->alert_oldest.Add({{"sink", name}}).Set(oldest_age_s);
+}
+
+void Metrics::AlertsActive(double active, uint64_t resolves_total) {
+  impl_->alerts_active.Set(active);
+  impl_->SetTotal(impl_->alert_resolves, {}, resolves_total);
 }
 
 void Metrics::CheckpointAge(double seconds) {

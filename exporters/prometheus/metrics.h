@@ -99,6 +99,24 @@ class Metrics {
   // as code="other".
   void HttpRequest(int code, uint64_t delta = 1);
 
+  // --- paging (sink: the sink's configured name, never a URL) ---
+  // Running totals of one sink: invariantd_alert_notifications_total
+  // {sink,result="delivered"|"grouped"} (outbox rows delivered; "grouped":
+  // of those, folded into another notification's delivery),
+  // invariantd_alert_deliveries_total{sink} (successful POSTs),
+  // invariantd_alert_delivery_failures_total{sink} (failed POSTs, resends
+  // included), invariantd_alert_delivery_retries_total{sink} (POSTs of pages
+  // that had failed before), invariantd_alert_resends_total{sink}; gauges
+  // invariantd_alert_outbox_queued{sink} and
+  // invariantd_alert_outbox_oldest_age_seconds{sink}.
+  void AlertSink(std::string_view sink, uint64_t delivered_total,
+                 uint64_t grouped_total, uint64_t deliveries_total,
+                 uint64_t failures_total, uint64_t retries_total,
+                 uint64_t resends_total, double queued, double oldest_age_s);
+  // invariantd_alerts_active and invariantd_alert_resolves_total (running
+  // total of resolves queued: hold expired or operator).
+  void AlertsActive(double active, uint64_t resolves_total);
+
   // --- protocol state (capped) ---
   // invariantd_protocol_state{name,key} = value.
   void ProtocolState(std::string_view name, std::string_view key, double value);

@@ -1,0 +1,475 @@
+// The alert outbox: labels, fingerprint, HMAC, backoff, the evidence
+// transaction hook, the resolve policy, and the pager's delivery, retry,
+// resend and grouping against a fake HTTP endpoint (no network).
+#include "exporters/alerting/outbox.h"
+
+#include <sqlite3.h>
+
+#include <cstdio>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "exporters/alerting/pager.h"
+#include "exporters/evidence/store.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "tests/temp_dir.h"
+
+namespace invariantd {
+namespace {
+
+using ::testing::HasSubstr;
+using Json = nlohmann::json;
+
+EvidenceRecord Record(std::string id, std::string rule, std::string key_value,
+                      int64_t detected_ms) {
+  EvidenceRecord r;
+  r.id = std::move(id);
+  r.rule = std::move(rule);
+  r.kind = "monotonic";
+  r.severity = "critical";
+  r.reason = "regressed";
+  r.message = "term went from 5 to 4";
+  r.key = {{"event.nid", key_value}};
+  r.key_json = absl::StrCat("{\"event.nid\":\"", key_value, "\"}");
+  r.observed_json = "4";
+  r.previous_json = "5";
+  r.source = "test";
+  r.line = 1;
+  r.witness = "{}";
+  r.ruleset_digest = "d";
+  r.version = "v";
+  r.detected_unix_ms = detected_ms;
+  return r;
+}
+
+int64_t Count(sqlite3* db, const std::string& sql) {
+  sqlite3_stmt* st = nullptr;
+  EXPECT_EQ(sqlite3_prepare_v2(db, sql.c_str(), -1, &st, nullptr), SQLITE_OK)
+      << sqlite3_errmsg(db);
+  int64_t n = -1;
+  if (sqlite3_step(st) == SQLITE_ROW) n = sqlite3_column_int64(st, 0);
+  sqlite3_finalize(st);
+  return n;
+}
+
+TEST(AlertLabelsTest, FingerprintIsRuleAndKey) {
+  const std::string a = AlertFingerprint("r", {{"k", "1"}});
+  EXPECT_EQ(a.size(), 32u);
+  EXPECT_EQ(a, AlertFingerprint("r", {{"k", "1"}}));
+  EXPECT_NE(a, AlertFingerprint("r", {{"k", "2"}}));
+  EXPECT_NE(a, AlertFingerprint("r2", {{"k", "1"}}));
+  // Length prefixes: no ambiguity between ("ab","c") and ("a","bc").
+  EXPECT_NE(AlertFingerprint("r", {{"ab", "c"}}),
+            AlertFingerprint("r", {{"a", "bc"}}));
+}
+
+TEST(AlertLabelsTest, LabelNamesAreValid) {
+  EXPECT_EQ(LabelName("event.nid"), "event_nid");
+  EXPECT_EQ(LabelName("9lives"), "_9lives");
+  EXPECT_EQ(LabelName("__name__"), "k__name__");
+  EXPECT_EQ(LabelName(""), "_");
+  EXPECT_EQ(LabelName("a-b c\n\xe2\x80\xae"), "a_b_c____");
+  EXPECT_EQ(LabelName(std::string(500, 'x')).size(), 128u);
+}
+
+TEST(AlertLabelsTest, FixedRuleAndKeyLabelsSanitizedAndBounded) {
+  EvidenceRecord r = Record("id1", "term-never-regresses", "n1\x1b[31m\n", 1);
+  r.key.emplace_back("severity", "evil");  // collides with a fixed label
+  AlertRuleInfo info;
+  info.labels = {{"team", "storage"}, {"alertname", "forged"}};
+  const AlertLabels l = BuildAlertLabels(r, info, "fp", 32);
+  std::map<std::string, std::string> m(l.labels.begin(), l.labels.end());
+  EXPECT_EQ(m["alertname"], "term-never-regresses");
+  EXPECT_EQ(m["severity"], "critical");
+  EXPECT_EQ(m["kind"], "monotonic");
+  EXPECT_EQ(m["fingerprint"], "fp");
+  EXPECT_EQ(m["team"], "storage");
+  EXPECT_EQ(m["event_nid"], "n1\\x1b[31m\\n");
+  EXPECT_EQ(m["key_severity"], "evil");
+  EXPECT_EQ(l.dropped, 1u);  // the rule's "alertname" cannot override
+  for (const auto& [k, v] : l.labels) {
+    for (char c : v) EXPECT_GE(static_cast<unsigned char>(c), 0x20) << k;
+  }
+  // A cap: the four fixed labels always, the rest counted as dropped.
+  r.key.clear();
+  for (int i = 0; i < 10; ++i) r.key.emplace_back(absl::StrCat("f", i), "v");
+  const AlertLabels capped = BuildAlertLabels(r, {}, "fp", 6);
+  EXPECT_EQ(capped.labels.size(), 6u);
+  EXPECT_EQ(capped.dropped, 8u);
+  const LabelList ann = BuildAlertAnnotations(r, info, capped.dropped);
+  EXPECT_THAT(ann, ::testing::Contains(std::pair<std::string, std::string>(
+                       "labels_dropped", "8")));
+  // A long value is capped, visibly.
+  r.key = {{"k", std::string(1000, 'v')}};
+  const AlertLabels longv = BuildAlertLabels(r, {}, "fp", 32);
+  for (const auto& [k, v] : longv.labels) {
+    if (k == "k") {
+      EXPECT_LE(v.size(), kMaxLabelValueBytes + 24);  // + the marker
+      EXPECT_THAT(v, HasSubstr("bytes]"));
+    }
+  }
+}
+
+TEST(HmacTest, Rfc4231AndOpensslCommandLine) {
+  // RFC 4231 test case 2.
+  EXPECT_EQ(HmacSha256Hex("Jefe", "what do ya want for nothing?"),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+  // The same as `openssl dgst -sha256 -hmac KEY` computes, when installed.
+  FILE* p = popen(
+      "printf '%s' '{\"a\":1}' | openssl dgst -sha256 -hmac 's3cret' "
+      "2>/dev/null",
+      "r");
+  ASSERT_NE(p, nullptr);
+  char buf[256] = {0};
+  const size_t n = fread(buf, 1, sizeof(buf) - 1, p);
+  pclose(p);
+  const std::string out(buf, n);
+  if (out.empty()) GTEST_SKIP() << "openssl command not installed";
+  EXPECT_THAT(out, HasSubstr(HmacSha256Hex("s3cret", "{\"a\":1}")));
+}
+
+TEST(BackoffTest, ExponentialCappedWithJitter) {
+  using std::chrono::milliseconds;
+  const milliseconds init(100), max(1000);
+  EXPECT_EQ(BackoffDelay(1, init, max, 0.0), milliseconds(50));
+  EXPECT_EQ(BackoffDelay(1, init, max, 0.999), milliseconds(99));
+  EXPECT_EQ(BackoffDelay(2, init, max, 0.0), milliseconds(100));
+  EXPECT_EQ(BackoffDelay(3, init, max, 0.0), milliseconds(200));
+  EXPECT_EQ(BackoffDelay(30, init, max, 0.0), milliseconds(500));
+  EXPECT_EQ(BackoffDelay(1000, init, max, 1.0), milliseconds(1000));
+  for (int a = 1; a < 50; ++a) {
+    const auto d = BackoffDelay(a, init, max, 0.5);
+    EXPECT_GE(d, milliseconds(50));
+    EXPECT_LE(d, max);
+  }
+}
+
+class OutboxTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    path_ = dir_.File("evidence.db");
+    auto s = EvidenceStore::Open(path_);
+    ASSERT_TRUE(s.ok()) << s.status();
+    store_ = *std::move(s);
+    ASSERT_TRUE(CreateAlertingSchema(store_->db()).ok());
+    OutboxOptions o;
+    o.sinks = {"am", "hook"};
+    o.hold = std::chrono::milliseconds(hold_ms_);
+    o.rule_info = [](std::string_view rule) {
+      AlertRuleInfo i;
+      i.description = "about " + std::string(rule);
+      i.runbook = "https://runbook.example/x";
+      i.labels = {{"team", "storage"}};
+      return i;
+    };
+    o.violation_json = [](const EvidenceRecord& r) {
+      return absl::StrCat("{\"id\":\"", r.id, "\",\"rule\":\"", r.rule, "\"}");
+    };
+    store_->AddTxnHook(OutboxHook(o));
+  }
+  void Append(std::vector<EvidenceRecord> recs) {
+    auto n = store_->Append(&recs);
+    ASSERT_TRUE(n.ok()) << n.status();
+  }
+  sqlite3* db() { return store_->db(); }
+
+  TempDir dir_;
+  std::string path_;
+  std::unique_ptr<EvidenceStore> store_;
+  int64_t hold_ms_ = 60000;
+};
+
+TEST_F(OutboxTest, HookQueuesOnePagePerSinkAndOneAlertPerKey) {
+  const int64_t now = absl::ToUnixMillis(absl::Now());
+  Append({Record("a1", "r", "1", now), Record("a2", "r", "1", now),
+          Record("b1", "r", "2", now)});
+  EXPECT_EQ(Count(db(), "SELECT count(*) FROM alerts"), 2);
+  EXPECT_EQ(Count(db(), "SELECT count(*) FROM outbox"), 6);
+  EXPECT_EQ(Count(db(),
+                  "SELECT violations FROM alerts WHERE "
+                  "last_evidence_id = 'a2'"),
+            2);
+  // Re-evaluation after a crash: ids already stored, nothing queued again.
+  Append({Record("a1", "r", "1", now), Record("b1", "r", "2", now)});
+  EXPECT_EQ(Count(db(), "SELECT count(*) FROM outbox"), 6);
+  auto alerts = ListAlerts(db(), false, 10);
+  ASSERT_TRUE(alerts.ok());
+  ASSERT_EQ(alerts->size(), 2u);
+  const Json j = Json::parse(AlertJson(alerts->front()));
+  EXPECT_EQ(j["labels"]["team"], "storage");
+  EXPECT_EQ(j["labels"]["alertname"], "r");
+  EXPECT_EQ(j["annotations"]["runbook_url"], "https://runbook.example/x");
+  EXPECT_EQ(j["status"], "firing");
+}
+
+TEST_F(OutboxTest, HookFailureRollsBackTheEvidence) {
+  ASSERT_EQ(sqlite3_exec(db(), "DROP TABLE outbox", nullptr, nullptr, nullptr),
+            SQLITE_OK);
+  std::vector<EvidenceRecord> recs = {Record("x", "r", "1", 1)};
+  EXPECT_FALSE(store_->Append(&recs).ok());
+  auto got = store_->Get("x");
+  ASSERT_TRUE(got.ok());
+  EXPECT_FALSE(got->has_value());  // stored iff its pages are queued
+}
+
+TEST_F(OutboxTest, HoldExpiryResolvesAndNewViolationRefreshes) {
+  const int64_t t0 = 1'700'000'000'000;
+  Append({Record("a1", "r", "1", t0)});
+  // Not expired yet: nothing to do.
+  auto q = QueueResolves(db(), {"am", "hook"}, t0 + hold_ms_ - 1, 0);
+  ASSERT_TRUE(q.ok());
+  EXPECT_EQ(*q, 0u);
+  // A new violation refreshes the hold.
+  Append({Record("a2", "r", "1", t0 + 1000)});
+  q = QueueResolves(db(), {"am", "hook"}, t0 + hold_ms_ + 500, 0);
+  ASSERT_TRUE(q.ok());
+  EXPECT_EQ(*q, 0u);
+  q = QueueResolves(db(), {"am", "hook"}, t0 + hold_ms_ + 1000, 0);
+  ASSERT_TRUE(q.ok());
+  EXPECT_EQ(*q, 1u);
+  EXPECT_EQ(Count(db(),
+                  "SELECT count(*) FROM outbox WHERE status = "
+                  "'resolved'"),
+            2);
+  EXPECT_EQ(Count(db(),
+                  "SELECT count(*) FROM alerts WHERE resolved = 1 AND "
+                  "resolved_by = 'expired'"),
+            1);
+  // Queued once only.
+  q = QueueResolves(db(), {"am", "hook"}, t0 + hold_ms_ + 2000, 0);
+  ASSERT_TRUE(q.ok());
+  EXPECT_EQ(*q, 0u);
+  // A violation after the resolve re-opens it with a new start.
+  Append({Record("a3", "r", "1", t0 + hold_ms_ + 5000)});
+  EXPECT_EQ(Count(db(),
+                  "SELECT count(*) FROM alerts WHERE resolved = 0 AND "
+                  "starts_ms = " +
+                      std::to_string(t0 + hold_ms_ + 5000)),
+            1);
+}
+
+TEST_F(OutboxTest, OperatorResolveThroughItsOwnConnection) {
+  Append({Record("a1", "r", "1", absl::ToUnixMillis(absl::Now()))});
+  const std::string fp = AlertFingerprint("r", {{"event.nid", "1"}});
+  auto other = OpenAlertDb(path_, /*read_only=*/false);
+  ASSERT_TRUE(other.ok()) << other.status();
+  EXPECT_TRUE(absl::IsNotFound(ResolveAlert(*other, "nope", "op", 1)));
+  EXPECT_TRUE(ResolveAlert(*other, fp, "operator", 5).ok());
+  EXPECT_TRUE(
+      absl::IsFailedPrecondition(ResolveAlert(*other, fp, "operator", 6)));
+  CloseAlertDb(*other);
+  auto q = QueueResolves(db(), {"am"}, 10, 0);
+  ASSERT_TRUE(q.ok());
+  EXPECT_EQ(*q, 1u);
+  EXPECT_EQ(Count(db(),
+                  "SELECT count(*) FROM alerts WHERE resolved_by = "
+                  "'operator'"),
+            1);
+  // Resolved alerts with nothing queued are forgotten after a while.
+  ASSERT_EQ(sqlite3_exec(db(), "DELETE FROM outbox", nullptr, nullptr, nullptr),
+            SQLITE_OK);
+  q = QueueResolves(db(), {"am"}, 20, /*forget_ms=*/100);
+  ASSERT_TRUE(q.ok());
+  EXPECT_EQ(Count(db(), "SELECT count(*) FROM alerts"), 0);
+}
+
+// The pager against a scripted endpoint.
+struct FakeEndpoint {
+  struct Call {
+    std::string sink, url, body;
+    std::map<std::string, std::string> headers;
+  };
+  std::vector<Call> calls;
+  bool up = true;
+  PagerOptions::PostFn Fn() {
+    return
+        [this](
+            const AlertSink& sink, const std::string& url,
+            const std::vector<std::pair<std::string, std::string>>& h,
+            const std::string& body) -> absl::StatusOr<PagerOptions::Response> {
+          Call c{sink.name, url, body, {h.begin(), h.end()}};
+          calls.push_back(std::move(c));
+          if (!up) return absl::UnavailableError("connection refused");
+          return PagerOptions::Response{200, ""};
+        };
+  }
+};
+
+class PagerTest : public OutboxTest {
+ protected:
+  std::unique_ptr<Pager> NewPager() {
+    PagerOptions o;
+    AlertSink am;
+    am.name = "am";
+    am.url = "http://am";
+    AlertSink hook;
+    hook.kind = AlertSink::Kind::kWebhook;
+    hook.name = "hook";
+    hook.url = "http://hook/in";
+    hook.secret = "k3y";
+    o.sinks = {am, hook};
+    o.external_url = "http://inv:9464";
+    o.resend_interval = std::chrono::seconds(20);
+    o.backoff_initial = std::chrono::milliseconds(1000);
+    o.backoff_max = std::chrono::milliseconds(8000);
+    o.post = ep_.Fn();
+    o.now_ms = [this] { return now_; };
+    o.seed = 7;
+    auto p = Pager::Open(path_, o);
+    EXPECT_TRUE(p.ok()) << p.status();
+    return *std::move(p);
+  }
+  std::vector<FakeEndpoint::Call> CallsTo(const std::string& sink) {
+    std::vector<FakeEndpoint::Call> out;
+    for (const auto& c : ep_.calls) {
+      if (c.sink == sink) out.push_back(c);
+    }
+    return out;
+  }
+  FakeEndpoint ep_;
+  int64_t now_ = 1'700'000'000'000;
+};
+
+TEST_F(PagerTest, DeliversGroupsSignsAndResends) {
+  Append({Record("a1", "r", "1", now_), Record("a2", "r", "1", now_),
+          Record("b1", "r", "2", now_)});
+  auto pager = NewPager();
+  pager->RunOnce();
+  EXPECT_EQ(Count(db(), "SELECT count(*) FROM outbox"), 0);
+  // Alertmanager: one POST with one alert per fingerprint (the delivery),
+  // then the resend of the active alerts (first round after start).
+  auto am = CallsTo("am");
+  ASSERT_EQ(am.size(), 2u);
+  EXPECT_EQ(am[0].url, "http://am/api/v2/alerts");
+  const Json alerts = Json::parse(am[0].body);
+  ASSERT_EQ(alerts.size(), 2u);
+  for (const Json& a : alerts) {
+    EXPECT_EQ(a["labels"]["alertname"], "r");
+    EXPECT_TRUE(a["labels"].contains("event_nid"));
+    EXPECT_THAT(a["generatorURL"].get<std::string>(),
+                HasSubstr("http://inv:9464/v1/violations/"));
+    EXPECT_GT(a["endsAt"].get<std::string>(), a["startsAt"].get<std::string>());
+  }
+  // Webhook: one POST per fingerprint; the two violations of key 1 are one
+  // delivery with count 2; signature and delivery id headers.
+  auto hook = CallsTo("hook");
+  ASSERT_EQ(hook.size(), 2u);
+  const Json first = Json::parse(hook[0].body);
+  EXPECT_EQ(first["count"], 2);
+  EXPECT_EQ(first["omitted"], 0);
+  ASSERT_EQ(first["violations"].size(), 2u);
+  EXPECT_EQ(first["violations"][0]["id"], "a1");
+  EXPECT_EQ(first["violations"][1]["evidence_url"],
+            "http://inv:9464/v1/violations/a2");
+  EXPECT_EQ(hook[0].headers["X-Invariantd-Signature"],
+            "sha256=" + HmacSha256Hex("k3y", hook[0].body));
+  EXPECT_EQ(hook[0].headers["X-Invariantd-Delivery"], first["delivery_id"]);
+  EXPECT_FALSE(hook[0].headers["X-Invariantd-Timestamp"].empty());
+  const PagerStats st = pager->Stats();
+  ASSERT_EQ(st.sinks.size(), 2u);
+  EXPECT_EQ(st.sinks[0].delivered, 3u);
+  EXPECT_EQ(st.sinks[0].grouped, 1u);
+  EXPECT_EQ(st.sinks[1].delivered, 3u);
+  EXPECT_EQ(st.sinks[1].deliveries, 2u);
+  EXPECT_EQ(st.active_alerts, 2u);
+
+  // Nothing due: no POST until the resend interval passes.
+  ep_.calls.clear();
+  now_ += 10'000;
+  pager->RunOnce();
+  EXPECT_TRUE(ep_.calls.empty());
+  now_ += 11'000;
+  pager->RunOnce();
+  am = CallsTo("am");
+  ASSERT_EQ(am.size(), 1u);
+  EXPECT_EQ(Json::parse(am[0].body).size(), 2u);
+  EXPECT_TRUE(CallsTo("hook").empty());  // webhooks are not re-sent
+}
+
+TEST_F(PagerTest, FailuresBackOffPersistAndSurviveRestart) {
+  Append({Record("a1", "r", "1", now_)});
+  ep_.up = false;
+  {
+    auto pager = NewPager();
+    pager->RunOnce();
+    // Both sinks failed once; rows kept with attempts and a next attempt.
+    EXPECT_EQ(Count(db(),
+                    "SELECT count(*) FROM outbox WHERE attempts = 1 "
+                    "AND next_attempt_ms > " +
+                        std::to_string(now_) + " AND last_error != ''"),
+              2);
+    const PagerStats st = pager->Stats();
+    EXPECT_EQ(st.sinks[0].queued, 1u);
+    EXPECT_GE(st.sinks[0].failures, 1u);
+    EXPECT_THAT(pager->HealthDetail(), HasSubstr("connection refused"));
+    // Backing off: no POST before the next attempt is due.
+    ep_.calls.clear();
+    now_ += 100;
+    pager->RunOnce();
+    EXPECT_TRUE(ep_.calls.empty());
+    // Due again (backoff of the first retry is at most 1 s): fails again,
+    // attempts 2, longer delay.
+    now_ += 1000;
+    pager->RunOnce();
+    EXPECT_EQ(Count(db(), "SELECT count(*) FROM outbox WHERE attempts = 2"), 2);
+  }
+  // A restart with the endpoint back: the outbox is delivered.
+  ep_.up = true;
+  ep_.calls.clear();
+  now_ += 10'000;
+  auto pager = NewPager();
+  pager->RunOnce();
+  EXPECT_EQ(Count(db(), "SELECT count(*) FROM outbox"), 0);
+  const PagerStats st = pager->Stats();
+  EXPECT_EQ(st.sinks[0].retries, 1u);
+  EXPECT_EQ(st.sinks[1].retries, 1u);
+  EXPECT_EQ(pager->HealthDetail(), "");
+}
+
+TEST_F(PagerTest, ResolveIsDeliveredToEverySink) {
+  Append({Record("a1", "r", "1", now_)});
+  auto pager = NewPager();
+  pager->RunOnce();
+  ep_.calls.clear();
+  now_ += hold_ms_ + 1;
+  pager->RunOnce();
+  auto am = CallsTo("am");
+  ASSERT_EQ(am.size(), 1u);  // the resolve; no resend of resolved alerts
+  const Json a = Json::parse(am[0].body);
+  ASSERT_EQ(a.size(), 1u);
+  EXPECT_EQ(a[0]["endsAt"], Rfc3339Ms(now_));
+  EXPECT_EQ(a[0]["annotations"]["resolved_by"], "expired");
+  auto hook = CallsTo("hook");
+  ASSERT_EQ(hook.size(), 1u);
+  const Json h = Json::parse(hook[0].body);
+  EXPECT_EQ(h["status"], "resolved");
+  EXPECT_EQ(h["resolved_by"], "expired");
+  EXPECT_EQ(pager->Stats().active_alerts, 0u);
+}
+
+TEST_F(PagerTest, WebhookGroupsAreBoundedAndCounted) {
+  std::vector<EvidenceRecord> recs;
+  for (int i = 0; i < 30; ++i) {
+    recs.push_back(Record(absl::StrCat("v", i), "r", "1", now_));
+  }
+  Append(std::move(recs));
+  auto pager = NewPager();
+  pager->RunOnce();
+  auto hook = CallsTo("hook");
+  ASSERT_EQ(hook.size(), 1u);
+  const Json h = Json::parse(hook[0].body);
+  EXPECT_EQ(h["count"], 30);
+  EXPECT_EQ(h["violations"].size(), 20u);
+  EXPECT_EQ(h["omitted"], 10);
+  EXPECT_EQ(pager->Stats().sinks[1].grouped, 29u);
+}
+
+}  // namespace
+}  // namespace invariantd
