@@ -1,0 +1,115 @@
+// The alerting section of the configuration and how it becomes the pager's
+// sinks (names without credentials, the webhook secret from its file).
+#include <unistd.h>
+
+#include <fstream>
+#include <string>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "sidecar/config.h"
+#include "sidecar/paging.h"
+#include "tests/temp_dir.h"
+
+namespace invariantd {
+namespace {
+
+using ::testing::HasSubstr;
+
+TEST(PagingConfigTest, ReadsTheAlertingSection) {
+  TempDir dir;
+  const std::string path = dir.File("c.yaml");
+  std::ofstream(path) << R"yaml(
+rules: [r.yaml]
+alerting:
+  alertmanagers: [http://am-0:9093, "http://user:pw@am-1:9093/prefix/"]
+  webhook: {url: "https://hooks.example.com/x?token=abc", secret_file: /s}
+  external_url: https://inv.example.com
+  resend_interval_seconds: 30
+  hold_seconds: 600
+  timeout_ms: 2000
+  backoff_initial_ms: 200
+  backoff_max_ms: 60000
+  max_batch: 100
+  max_labels: 12
+)yaml";
+  RunConfig c;
+  ASSERT_TRUE(LoadRunConfig(path, &c).ok());
+  EXPECT_EQ(c.alertmanagers.size(), 2u);
+  EXPECT_EQ(c.webhook_url, "https://hooks.example.com/x?token=abc");
+  EXPECT_EQ(c.webhook_secret_file, "/s");
+  EXPECT_EQ(c.alert_external_url, "https://inv.example.com");
+  EXPECT_EQ(c.alert_resend_interval_seconds, 30);
+  EXPECT_EQ(c.alert_hold_seconds, 600);
+  EXPECT_EQ(c.alert_timeout_ms, 2000);
+  EXPECT_EQ(c.alert_backoff_initial_ms, 200);
+  EXPECT_EQ(c.alert_backoff_max_ms, 60000);
+  EXPECT_EQ(c.alert_max_batch, 100);
+  EXPECT_EQ(c.alert_max_labels, 12);
+  EXPECT_TRUE(ValidateRunConfig(c).ok());
+  EXPECT_TRUE(PagingEnabled(c));
+}
+
+TEST(PagingConfigTest, UnknownKeysAndBadValuesAreReportedWithLocations) {
+  TempDir dir;
+  const std::string path = dir.File("c.yaml");
+  std::ofstream(path) << "alerting:\n  alertmanager: [x]\n"
+                         "  webhook: {uri: x}\n  hold_seconds: 0\n";
+  RunConfig c;
+  const absl::Status st = LoadRunConfig(path, &c);
+  ASSERT_FALSE(st.ok());
+  const std::string msg(st.message());
+  EXPECT_THAT(msg, HasSubstr(path + ":2:3: unknown key 'alertmanager'"));
+  EXPECT_THAT(msg, HasSubstr(path + ":3:13: unknown key 'uri'"));
+  EXPECT_THAT(msg, HasSubstr(path + ":4:17: expected an integer from 1"));
+}
+
+TEST(PagingConfigTest, CrossFieldValidation) {
+  RunConfig c;
+  c.rules = {"r.yaml"};
+  c.alertmanagers = {"am:9093"};
+  c.webhook_secret_file = "/s";
+  c.evidence = false;
+  c.alert_backoff_initial_ms = 5000;
+  c.alert_backoff_max_ms = 100;
+  const std::string msg(ValidateRunConfig(c).message());
+  EXPECT_THAT(msg, HasSubstr("'am:9093' is not an http(s) URL"));
+  EXPECT_THAT(msg, HasSubstr("secret file is given without a webhook URL"));
+  EXPECT_THAT(msg, HasSubstr("alerting needs the evidence store"));
+  EXPECT_THAT(msg, HasSubstr("backoff_max_ms is below"));
+}
+
+TEST(PagingConfigTest, SinksAreNamedWithoutCredentialsAndReadTheSecret) {
+  TempDir dir;
+  std::ofstream(dir.File("secret")) << "  s3cret \n";
+  RunConfig c;
+  c.alertmanagers = {"http://user:pw@am:9093/", "http://am:9093"};
+  c.webhook_url = "https://hooks.example.com/x?token=abc";
+  c.webhook_secret_file = dir.File("secret");
+  auto o = PagerOptionsFromConfig(c);
+  ASSERT_TRUE(o.ok()) << o.status();
+  ASSERT_EQ(o->sinks.size(), 3u);
+  EXPECT_EQ(o->sinks[0].name, "alertmanager/am:9093");
+  EXPECT_EQ(o->sinks[0].url, "http://user:pw@am:9093");
+  EXPECT_EQ(o->sinks[1].name, "alertmanager/am:9093#2");
+  EXPECT_EQ(o->sinks[2].name, "webhook/hooks.example.com");
+  EXPECT_EQ(o->sinks[2].secret, "s3cret");
+  c.webhook_secret_file = dir.File("missing");
+  EXPECT_THAT(std::string(PagerOptionsFromConfig(c).status().message()),
+              HasSubstr("does not exist"));
+  std::ofstream(dir.File("empty")) << "\n";
+  c.webhook_secret_file = dir.File("empty");
+  EXPECT_THAT(std::string(PagerOptionsFromConfig(c).status().message()),
+              HasSubstr("is empty"));
+}
+
+TEST(PagingConfigTest, DefaultExternalUrl) {
+  EXPECT_EQ(DefaultExternalUrl("127.0.0.1:0", 4321), "http://127.0.0.1:4321");
+  EXPECT_EQ(DefaultExternalUrl("[::1]:9464", 9464), "http://[::1]:9464");
+  const std::string wild = DefaultExternalUrl("0.0.0.0:9464", 9464);
+  EXPECT_THAT(wild, ::testing::StartsWith("http://"));
+  EXPECT_THAT(wild, ::testing::Not(HasSubstr("0.0.0.0")));
+}
+
+}  // namespace
+}  // namespace invariantd
