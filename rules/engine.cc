@@ -36,6 +36,7 @@ bool Engine::SeenRecently(const Hash128& id) {
   if (slot != Hash128{}) recent_.erase(slot);
   slot = id;
   recent_.insert(id);
+  ++window_inserted_;
   ring_next_ = (ring_next_ + 1) % ring_.size();
   recent_.prefetch(ring_[ring_next_]);  // what the next event will evict
   return false;
@@ -244,10 +245,110 @@ std::vector<std::string> Engine::TakeStateFrom(Engine& old) {
     recent_ = std::move(old.recent_);
     ring_ = std::move(old.ring_);
     ring_next_ = old.ring_next_;
+    window_inserted_ = old.window_inserted_;
+    window_saved_ = old.window_saved_;
   }
   events_ = old.events_;
   redelivered_ = old.redelivered_;
   return carried;
+}
+
+namespace {
+constexpr uint64_t kEngineImageTag = 0x31474e45'00000001ULL;  // "ENG1", v1
+}  // namespace
+
+void Engine::TrackChanges() {
+  for (auto& st : states_) st->TrackChanges();
+  window_saved_ = window_inserted_;
+}
+
+void Engine::SaveState(bool full, std::string* out) {
+  PutU64(out, kEngineImageTag);
+  PutU8(out, full ? 1 : 0);
+  const std::vector<Rule>& rules = rules_->rules();
+  std::string image;
+  uint64_t stateful = 0;
+  const size_t count_at = out->size();
+  PutU64(out, 0);  // number of rule sections, patched below
+  for (size_t i = 0; i < rules.size(); ++i) {
+    image.clear();
+    states_[i]->SaveState(full, &image);
+    if (image.empty()) continue;
+    PutBytes(out, rules[i].name);
+    PutHash(out, rules[i].digest);
+    PutBytes(out, image);
+    ++stateful;
+  }
+  std::string count;
+  PutU64(&count, stateful);
+  out->replace(count_at, 8, count);
+  // The window: the identities taken in since the last image (all of the
+  // ring when full), oldest first.
+  const size_t size = ring_.size();
+  uint64_t n = full
+                   ? std::min<uint64_t>(window_inserted_, size)
+                   : std::min<uint64_t>(window_inserted_ - window_saved_, size);
+  PutU64(out, n);
+  for (uint64_t k = n; k > 0; --k) {
+    PutHash(out, ring_[(ring_next_ + size - k) % size]);
+  }
+  window_saved_ = window_inserted_;
+}
+
+absl::Status Engine::RestoreState(std::string_view in,
+                                  std::vector<std::string>* skipped,
+                                  std::vector<std::string>* discarded) {
+  uint64_t tag = 0, sections = 0;
+  uint8_t full = 0;
+  auto bad = [] {
+    return absl::DataLossError("rule state image is truncated or malformed");
+  };
+  if (!GetU64(&in, &tag) || tag != kEngineImageTag || !GetU8(&in, &full) ||
+      !GetU64(&in, &sections)) {
+    return absl::DataLossError("not a rule state image of this version");
+  }
+  const std::vector<Rule>& rules = rules_->rules();
+  for (uint64_t s = 0; s < sections; ++s) {
+    std::string_view name, image;
+    Hash128 digest;
+    if (!GetBytes(&in, &name) || !GetHash(&in, &digest) ||
+        !GetBytes(&in, &image)) {
+      return bad();
+    }
+    size_t i = 0;
+    while (i < rules.size() &&
+           !(rules[i].name == name && rules[i].digest == digest)) {
+      ++i;
+    }
+    if (i == rules.size()) {
+      if (std::find(skipped->begin(), skipped->end(), name) == skipped->end()) {
+        skipped->emplace_back(name);
+      }
+      continue;
+    }
+    if (std::find(discarded->begin(), discarded->end(), name) !=
+        discarded->end()) {
+      continue;  // its base was unreadable: later changes mean nothing
+    }
+    if (!states_[i]->RestoreState(image)) {
+      const size_t shards = options_.shards == 0 ? 1 : options_.shards;
+      states_[i] = rules[i].config->NewState(
+          (rules[i].max_keys + shards - 1) / shards, rules[i].overflow);
+      if (std::find(discarded->begin(), discarded->end(), name) ==
+          discarded->end()) {
+        discarded->emplace_back(name);
+      }
+    }
+  }
+  uint64_t n = 0;
+  if (!GetU64(&in, &n) || n > in.size() / 16) return bad();
+  for (uint64_t k = 0; k < n; ++k) {
+    Hash128 id;
+    if (!GetHash(&in, &id)) return bad();
+    if (options_.dedupe_window != 0) SeenRecently(id);
+  }
+  if (!in.empty()) return bad();
+  return absl::OkStatus();
 }
 
 std::vector<RuleStats> Engine::Stats() const {

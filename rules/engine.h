@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_set.h"
+#include "absl/status/status.h"
 #include "rules/kind.h"
 #include "rules/rule_set.h"
 #include "sidecar/core/event.h"
@@ -111,6 +112,21 @@ class Engine {
   // `old` must not be used afterwards except to be destroyed.
   std::vector<std::string> TakeStateFrom(Engine& old);
 
+  // Checkpoints (sidecar/pipeline). TrackChanges starts recording what
+  // changes; SaveState appends an image of the changes since the previous
+  // SaveState (of everything when `full`): per stateful rule its name,
+  // digest and state image, then the identities the redelivery window
+  // took in. RestoreState applies images in the order they were written
+  // (the full one first). A rule that is no longer in the rule set, or
+  // whose definition changed (digest), is skipped and named in `*skipped`;
+  // a rule whose image this build cannot read starts empty and is named in
+  // `*discarded`. Error: bytes that are not an engine image.
+  void TrackChanges();
+  void SaveState(bool full, std::string* out);
+  absl::Status RestoreState(std::string_view in,
+                            std::vector<std::string>* skipped,
+                            std::vector<std::string>* discarded);
+
   uint64_t events() const { return events_; }
   uint64_t redelivered_events() const { return redelivered_; }
   std::vector<RuleStats> Stats() const;
@@ -137,6 +153,8 @@ class Engine {
   absl::flat_hash_set<Hash128> recent_;
   std::vector<Hash128> ring_;
   size_t ring_next_ = 0;
+  uint64_t window_inserted_ = 0;  // identities ever taken into the ring
+  uint64_t window_saved_ = 0;     // ... as of the last SaveState
   uint64_t events_ = 0;
   uint64_t redelivered_ = 0;
 };

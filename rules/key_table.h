@@ -40,6 +40,7 @@
 
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -93,6 +94,8 @@ class KeyTable {
     if (Migrating()) Migrate(kMigrateSteps);
     auto [a, i] = Locate(key);
     if (a != nullptr) {
+      // Not touched since the last DrainChanges: its first change.
+      if (track_ && a->at(i).touch <= mark_) changed_.push_back(key);
       a->at(i).touch = clock_;
       return Ref{a->state(i), false};
     }
@@ -107,6 +110,7 @@ class KeyTable {
     i = cur_.FreeSlotFor(key);
     cur_.Construct(i, key, clock_);
     ++size_;
+    if (track_) changed_.push_back(key);
     return Ref{cur_.state(i), true};
   }
 
@@ -156,6 +160,34 @@ class KeyTable {
       }
     }
   }
+
+  // Change tracking, for incremental checkpoints. From TrackChanges() on,
+  // the table remembers every key it inserts, touches (FindOrInsert) or
+  // erases; DrainChanges(f) calls f(key, state) once for each such key --
+  // state null when the key is no longer present -- and starts a new
+  // interval. Costs one comparison per lookup and 16 bytes per key changed
+  // in an interval.
+  void TrackChanges() {
+    track_ = true;
+    changed_.clear();
+    mark_ = clock_;
+  }
+  template <typename F>
+  void DrainChanges(F&& f) {
+    std::sort(changed_.begin(), changed_.end(),
+              [](const Hash128& a, const Hash128& b) {
+                return a.hi != b.hi ? a.hi < b.hi : a.lo < b.lo;
+              });
+    changed_.erase(std::unique(changed_.begin(), changed_.end()),
+                   changed_.end());
+    for (const Hash128& k : changed_) {
+      const State* s = Find(k);
+      f(k, s);
+    }
+    changed_.clear();
+    mark_ = clock_;
+  }
+  size_t pending_changes() const { return changed_.size(); }
 
   size_t size() const { return size_; }
   // Heap owned by the live states (see HeapOf).
@@ -382,6 +414,7 @@ class KeyTable {
   }
 
   void Remove(Array* a, size_t i) {
+    if (track_) changed_.push_back(a->at(i).key);
     heap_bytes_ -= HeapOf()(*a->state(i));
     a->EraseAt(i);
     --size_;
@@ -488,6 +521,9 @@ class KeyTable {
   OverflowPolicy policy_;
   size_t incremental_from_bytes_;
   uint64_t clock_ = 0;
+  bool track_ = false;
+  uint64_t mark_ = 0;  // clock_ at the last DrainChanges
+  std::vector<Hash128> changed_;
   uint64_t rng_ = 0x1f2e3d4c5b6a7988ULL;
   uint64_t evicted_ = 0;
   uint64_t rejected_ = 0;

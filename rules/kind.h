@@ -24,6 +24,7 @@
 
 #include "rules/expr.h"
 #include "rules/key_table.h"
+#include "sidecar/core/binary.h"
 #include "sidecar/core/event.h"
 #include "sidecar/core/hash.h"
 #include "sidecar/core/value.h"
@@ -77,6 +78,17 @@ class RuleState {
   // rule set (rule reload keeps the state of unchanged rules). `config`
   // must be of this state's kind and outlive the state.
   virtual void Rebind(const KindConfig* config) = 0;
+
+  // Checkpoints (sidecar/pipeline). After TrackChanges(), SaveState appends
+  // to `out` an image of what changed since the previous SaveState -- of
+  // everything when `full` -- and RestoreState applies such images in the
+  // order they were written (a full one, then the changes). RestoreState
+  // returns false when the bytes are not an image this kind wrote with this
+  // layout; the caller then discards the rule's state. Stateless kinds keep
+  // the defaults.
+  virtual void TrackChanges() {}
+  virtual void SaveState(bool full, std::string* out) {}
+  virtual bool RestoreState(std::string_view in) { return in.empty(); }
 };
 
 class KindConfig {
@@ -152,6 +164,9 @@ inline ObserveStatus EvalValue(const Expr& expr, const Event& event,
 //                               const Value& v, const ObserveInput&,
 //                               std::optional<Finding>*);
 //     static size_t HeapBytes(const State&);
+//     // Only when State is not trivially copyable (checkpoints):
+//     static void Encode(const State&, std::string* out);
+//     static bool Decode(std::string_view* in, State* s);
 //   };
 template <typename K>
 class KeyedRuleState final : public RuleState {
@@ -193,9 +208,74 @@ class KeyedRuleState final : public RuleState {
                       table_.evicted(), table_.rejected()};
   }
 
+  void TrackChanges() override { table_.TrackChanges(); }
+
+  // Image: layout tag, then (key, present, state) per entry; a state that
+  // is trivially copyable is stored as its bytes.
+  void SaveState(bool full, std::string* out) override {
+    PutU64(out, LayoutTag());
+    PutU8(out, full ? 1 : 0);
+    auto put = [&](const Hash128& key, const typename K::State* s) {
+      PutHash(out, key);
+      PutU8(out, s != nullptr ? 1 : 0);
+      if (s == nullptr) return;
+      if constexpr (kOwnsHeap) {
+        K::Encode(*s, out);
+      } else {
+        PutRaw(out, *s);
+      }
+    };
+    if (full) {
+      table_.DrainChanges([](const Hash128&, const typename K::State*) {});
+      table_.ForEach(
+          [&](const Hash128& k, const typename K::State& s) { put(k, &s); });
+    } else {
+      table_.DrainChanges(put);
+    }
+  }
+
+  bool RestoreState(std::string_view in) override {
+    uint64_t tag = 0;
+    uint8_t full = 0;
+    if (!GetU64(&in, &tag) || tag != LayoutTag() || !GetU8(&in, &full)) {
+      return false;
+    }
+    while (!in.empty()) {
+      Hash128 key;
+      uint8_t present = 0;
+      if (!GetHash(&in, &key) || !GetU8(&in, &present)) return false;
+      if (present == 0) {
+        table_.Erase(key);
+        continue;
+      }
+      typename K::State state{};
+      if constexpr (kOwnsHeap) {
+        if (!K::Decode(&in, &state)) return false;
+      } else {
+        if (!GetRaw(&in, &state)) return false;
+      }
+      auto ref = table_.FindOrInsert(key);
+      if (ref.state == nullptr) continue;  // over max_keys: counted
+      if constexpr (kOwnsHeap) {
+        const size_t before = ref.inserted ? 0 : K::HeapBytes(*ref.state);
+        *ref.state = std::move(state);
+        table_.AddHeapBytes(static_cast<int64_t>(K::HeapBytes(*ref.state)) -
+                            static_cast<int64_t>(before));
+      } else {
+        *ref.state = state;
+      }
+    }
+    return true;
+  }
+
   const auto& table() const { return table_; }
 
  private:
+  // Changes when the state's layout does (size; heap-owning or not).
+  static constexpr uint64_t LayoutTag() {
+    return 0x4b53'0000'0000'0000ULL | (uint64_t{kOwnsHeap} << 32) |
+           sizeof(typename K::State);
+  }
   static constexpr bool kOwnsHeap =
       !std::is_trivially_copyable_v<typename K::State>;
   struct HeapOf {

@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <sstream>
 
 #include "absl/strings/ascii.h"
@@ -45,6 +46,8 @@ struct App::Services {
   std::unique_ptr<EvidenceWriter> evidence;  // null when disabled
   std::unique_ptr<Pager> pager;              // null when paging is off
   std::string evidence_path;
+  std::optional<StoredState> stored_state;  // until the pipeline takes it
+  std::string state_problem;  // why the rule state was not restored
   // A read-only connection for the query API, opened on first use.
   std::mutex evidence_read_mu;
   std::unique_ptr<EvidenceStore> evidence_reader;
@@ -196,6 +199,19 @@ absl::Status App::Start() {
         {{"path", s_->evidence_path},
          {"head_seq", absl::StrCat((*store)->head_seq())},
          {"head_hash", (*store)->head_hash()}});
+    // The rule-state checkpoint. A damaged one is not fatal: the rules
+    // start empty (lost coverage, logged and exported), the evidence is
+    // untouched, and the next full checkpoint replaces it.
+    auto stored = (*store)->LoadState();
+    if (!stored.ok()) {
+      s_->state_problem = absl::StrCat(
+          "the rule-state checkpoint is damaged (", stored.status().message(),
+          "); the rules start empty and the next checkpoint replaces it");
+      Log(LogLevel::kError, "rule state not restored",
+          {{"error", s_->state_problem}});
+    } else if (stored->has_value()) {
+      s_->stored_state = std::move(**stored);
+    }
     if (PagingEnabled(config_)) {
       // The outbox rows of new violations commit with their evidence.
       auto pager = InstallPaging(config_, store->get(), s_->evidence_path, [s] {
@@ -247,9 +263,17 @@ absl::Status App::Start() {
     popts.decoder = d;
   }
   if (s_->evidence) {
-    popts.ack_gate = [s](std::function<void()> ack) {
-      s->evidence->WhenDurable(std::move(ack));
+    // Inputs are acknowledged once the checkpoint covering them -- rule
+    // state, positions and all evidence before it, in one transaction --
+    // is durable.
+    popts.ack_gate = [s](uint64_t epoch, std::function<void()> ack) {
+      s->evidence->WhenCheckpointed(epoch, std::move(ack));
     };
+    popts.on_checkpoint = [s](uint64_t epoch, StateCheckpoint c) {
+      s->evidence->SubmitCheckpoint(epoch, std::move(c));
+    };
+    popts.checkpoint_interval =
+        std::chrono::milliseconds(config_.evidence_state_interval_ms);
   }
   auto pipeline =
       Pipeline::Create(s_->rules, popts, [s, to_stdout](const Violation& v) {
@@ -270,6 +294,29 @@ absl::Status App::Start() {
       });
   if (!pipeline.ok()) return pipeline.status();
   s_->pipeline = *std::move(pipeline);
+  if (s_->stored_state.has_value()) {
+    const Pipeline::RestoreReport rep =
+        s_->pipeline->Restore(*s_->stored_state);
+    if (rep.restored) {
+      Log(LogLevel::kInfo, "rule state restored",
+          {{"images", absl::StrCat(s_->stored_state->images)},
+           {"bytes", absl::StrCat(s_->stored_state->bytes)},
+           {"positions", absl::StrCat(rep.positions)},
+           {"skipped_rules", absl::StrJoin(rep.skipped, ",")},
+           {"discarded_rules", absl::StrJoin(rep.discarded, ",")}});
+      if (!rep.discarded.empty()) {
+        s_->state_problem =
+            absl::StrCat("rule state unreadable, started empty: ",
+                         absl::StrJoin(rep.discarded, ","));
+      }
+    } else {
+      s_->state_problem = rep.problem;
+      Log(LogLevel::kError, "rule state not restored",
+          {{"error", rep.problem}});
+    }
+    s_->metrics->StateRestored(rep.restored && rep.discarded.empty());
+    s_->stored_state.reset();  // the images can be large
+  }
   s_->pipeline->Start();
 
   // HTTP: ingest, metrics, health.
@@ -618,6 +665,10 @@ void App::Housekeeping() {
       m.Evidence(es.stored, es.duplicates, es.failures,
                  static_cast<double>(es.pending),
                  static_cast<double>(es.head_seq));
+      const PipelineStats ps = s_->pipeline->Stats();
+      m.StateCheckpoints(ps.full_checkpoints,
+                         ps.checkpoints - ps.full_checkpoints,
+                         ps.checkpoint_bytes);
       if (std::chrono::steady_clock::now() - last_prune_ >
           std::chrono::hours(1)) {
         PruneEvidence();

@@ -173,7 +173,9 @@ absl::Status LoadRunConfig(const std::string& path, RunConfig* c) {
                   r.Int(&c->evidence_retention_hours, 0, 24 * 365 * 100)},
                  {"max_bytes", r.Int(&c->evidence_max_bytes, 0, 1LL << 50)},
                  {"commit_interval_ms",
-                  r.Int(&c->evidence_commit_interval_ms, 0, 10000)}});
+                  r.Int(&c->evidence_commit_interval_ms, 0, 10000)},
+                 {"state_interval_ms",
+                  r.Int(&c->evidence_state_interval_ms, 1, 60000)}});
         }},
        {"alerting",
         [&](const YAML::Node& n) {

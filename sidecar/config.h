@@ -47,6 +47,9 @@ struct RunConfig {
   int evidence_retention_hours = 720;               // 0: no age limit
   uint64_t evidence_max_bytes = uint64_t{1} << 30;  // 0: no size limit
   int evidence_commit_interval_ms = 0;              // 0: commit as soon as idle
+  // Rule-state checkpoint at least this often while events flow (and
+  // whenever the input goes idle); inputs are acknowledged after it.
+  int evidence_state_interval_ms = 100;
   // alerting (paging; docs/alerting.md): on when a sink is configured
   std::vector<std::string> alertmanagers;  // base URLs, one sink each
   std::string webhook_url;

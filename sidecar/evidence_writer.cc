@@ -42,12 +42,40 @@ void EvidenceWriter::Submit(EvidenceRecord record, std::string payload) {
   std::unique_lock<std::mutex> l(mu_);
   space_cv_.wait(
       l, [&] { return stop_ || pending_.size() < options_.max_pending; });
-  pending_.push_back(Item{std::move(record), std::move(payload)});
+  Item item;
+  item.record = std::move(record);
+  item.payload = std::move(payload);
+  pending_.push_back(std::move(item));
   ++submitted_;
   ++stats_.submitted;
   if (pending_.size() == 1 || pending_.size() >= options_.max_batch) {
     work_cv_.notify_one();
   }
+}
+
+void EvidenceWriter::SubmitCheckpoint(uint64_t epoch,
+                                      StateCheckpoint checkpoint) {
+  std::unique_lock<std::mutex> l(mu_);
+  // Not bounded by max_pending: one per checkpoint interval, and holding
+  // it back would hold back every acknowledgement.
+  Item item;
+  item.epoch = epoch;
+  item.checkpoint = std::move(checkpoint);
+  pending_.push_back(std::move(item));
+  ++submitted_;
+  work_cv_.notify_one();
+}
+
+void EvidenceWriter::WhenCheckpointed(uint64_t epoch,
+                                      std::function<void()> fn) {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (durable_epoch_ <= epoch) {
+      ckpt_waiting_[epoch].push_back(std::move(fn));
+      return;
+    }
+  }
+  fn();
 }
 
 void EvidenceWriter::WhenDurable(std::function<void()> fn) {
@@ -98,10 +126,34 @@ void EvidenceWriter::Run() {
     l.unlock();
 
     records.clear();
-    for (Item& item : batch) records.push_back(std::move(item.record));
-    absl::StatusOr<size_t> added = store_->Append(&records);
+    uint64_t epoch = 0;
+    size_t checkpoints = 0;
+    for (Item& item : batch) {
+      if (item.epoch != 0) {
+        epoch = std::max(epoch, item.epoch);
+        ++checkpoints;
+        continue;
+      }
+      records.push_back(std::move(item.record));
+    }
+    EvidenceStore::TxnFn extra;
+    if (checkpoints > 0) {
+      extra = [&batch](sqlite3* db, const auto&) {
+        for (const Item& item : batch) {
+          if (item.epoch == 0) continue;
+          if (absl::Status s = EvidenceStore::WriteState(db, item.checkpoint);
+              !s.ok()) {
+            return s;
+          }
+        }
+        return absl::OkStatus();
+      };
+    }
+    absl::StatusOr<size_t> added = store_->Append(&records, extra);
     if (!added.ok()) {
-      for (size_t i = 0; i < n; ++i) batch[i].record = std::move(records[i]);
+      for (size_t i = 0, r = 0; i < n; ++i) {
+        if (batch[i].epoch == 0) batch[i].record = std::move(records[r++]);
+      }
       l.lock();
       // Back at the front, in order: nothing is skipped or reordered.
       pending_.insert(pending_.begin(), std::make_move_iterator(batch.begin()),
@@ -121,14 +173,28 @@ void EvidenceWriter::Run() {
       continue;
     }
     backoff = options_.backoff;
-    for (size_t i = 0; i < n; ++i) {
-      if (records[i].seq != 0) on_fresh_(records[i], batch[i].payload);
+    for (size_t i = 0, r = 0; i < n; ++i) {
+      if (batch[i].epoch != 0) continue;
+      if (records[r].seq != 0) on_fresh_(records[r], batch[i].payload);
+      ++r;
     }
     l.lock();
     committed_ += n;
+    if (checkpoints > 0) {
+      stats_.checkpoints += checkpoints;
+      durable_epoch_ = std::max(durable_epoch_, epoch);
+      stats_.checkpoint_epoch = durable_epoch_;
+      while (!ckpt_waiting_.empty() &&
+             ckpt_waiting_.begin()->first < durable_epoch_) {
+        for (auto& fn : ckpt_waiting_.begin()->second) {
+          ready.push_back(std::move(fn));
+        }
+        ckpt_waiting_.erase(ckpt_waiting_.begin());
+      }
+    }
     ++stats_.commits;
     stats_.stored += *added;
-    stats_.duplicates += n - *added;
+    stats_.duplicates += records.size() - *added;
     stats_.head_seq = store_->head_seq();
     stats_.head_hash = store_->head_hash();
     stats_.last_error.clear();

@@ -10,7 +10,13 @@
 //       that were waiting for this commit.
 //
 // WhenDurable(fn) runs fn once every record submitted before the call is
-// committed: at once when nothing is pending. A worker submits a record's
+// committed: at once when nothing is pending.
+//
+// Rule-state checkpoints ride the same queue: SubmitCheckpoint(epoch, c)
+// writes `c` in the transaction that commits everything submitted before
+// it, and WhenCheckpointed(e, fn) runs fn once a checkpoint of an epoch
+// larger than e is durable (the pipeline's records of epoch e are covered
+// by it). A worker submits a record's
 // violations before it acknowledges the record, so an input is never
 // acknowledged before its evidence is on disk.
 //
@@ -27,6 +33,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -58,6 +65,8 @@ struct EvidenceWriterStats {
   uint64_t pending = 0;   // submitted, not yet committed
   uint64_t head_seq = 0;
   std::string head_hash;
+  uint64_t checkpoints = 0;       // rule-state checkpoints committed
+  uint64_t checkpoint_epoch = 0;  // the latest durable one
   std::string last_error;  // of the last failed commit, until one succeeds
 };
 
@@ -85,6 +94,8 @@ class EvidenceWriter {
   // blocks while max_pending records wait.
   void Submit(EvidenceRecord record, std::string payload);
   void WhenDurable(std::function<void()> fn);
+  void SubmitCheckpoint(uint64_t epoch, StateCheckpoint checkpoint);
+  void WhenCheckpointed(uint64_t epoch, std::function<void()> fn);
 
   EvidenceWriterStats Stats() const;
   bool healthy() const;
@@ -93,6 +104,9 @@ class EvidenceWriter {
   struct Item {
     EvidenceRecord record;
     std::string payload;
+    // A checkpoint instead of a record when epoch != 0.
+    uint64_t epoch = 0;
+    StateCheckpoint checkpoint;
   };
   void Run();
 
@@ -110,6 +124,10 @@ class EvidenceWriter {
   // Acknowledgements waiting for a ticket to be durable, in ticket order.
   std::deque<std::pair<uint64_t, std::function<void()>>> waiting_
       ABSL_GUARDED_BY(mu_);
+  // Acknowledgements waiting for a checkpoint, by the epoch it must pass.
+  std::map<uint64_t, std::vector<std::function<void()>>> ckpt_waiting_
+      ABSL_GUARDED_BY(mu_);
+  uint64_t durable_epoch_ ABSL_GUARDED_BY(mu_) = 0;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::chrono::steady_clock::time_point deadline_ ABSL_GUARDED_BY(mu_);
   EvidenceWriterStats stats_ ABSL_GUARDED_BY(mu_);

@@ -21,6 +21,12 @@ int SourceKindIndex(std::string_view source) {
   return 0;
 }
 
+// Out of line: inlined into Dispatch, GCC 12 reports a false -Wrestrict in
+// std::string::swap (GCC bug 105329).
+[[gnu::noinline]] void SwapBuffers(std::string* a, std::string* b) {
+  a->swap(*b);
+}
+
 }  // namespace
 
 std::string_view SourceKind(std::string_view source) {
@@ -32,6 +38,8 @@ std::string_view SourceKind(std::string_view source) {
 // and an arena for strings the decoder unescaped into its own buffers.
 struct Pipeline::Work {
   std::promise<void>* barrier = nullptr;  // reload: a marker, not an event
+  Marker* marker = nullptr;               // checkpoint: not an event
+  uint64_t epoch = 0;                     // checkpoint epoch of the record
   Record record;
   std::string raw;    // record bytes + kLinePadding
   std::string arena;  // copies of decoder-owned strings
@@ -40,6 +48,14 @@ struct Pipeline::Work {
   std::vector<uint16_t> shard;  // by rule: which worker evaluates it
   std::atomic<int> remaining{0};
   uint64_t generation = ~uint64_t{0};  // rule set `prepared` is sized for
+};
+
+// One checkpoint in the making: the dispatcher's image, then each
+// worker's, as they reach the marker.
+struct Pipeline::Marker {
+  uint64_t epoch = 0;
+  StateCheckpoint checkpoint;
+  std::atomic<int> remaining{0};
 };
 
 struct Pipeline::Worker {
@@ -116,6 +132,11 @@ Pipeline::~Pipeline() {
 void Pipeline::Start() {
   if (started_) return;
   started_ = true;
+  if (options_.on_checkpoint) {
+    router_->TrackChanges();
+    for (auto& w : workers_) w->engine->TrackChanges();
+    last_marker_ = std::chrono::steady_clock::now();
+  }
   for (auto& w : workers_) {
     Worker* raw = w.get();
     raw->last_publish = std::chrono::steady_clock::now();
@@ -199,7 +220,15 @@ void Pipeline::DispatchLoop() {
   bool drained = false;
   while (admission_.PopBatch(&batch, 256, &drained)) {
     std::lock_guard<std::mutex> l(dispatch_mu_);
-    for (Record& r : batch) Dispatch(std::move(r), &outbox);
+    for (Record& r : batch) {
+      // After a restart: records already in the restored state.
+      if (!restored_positions_.empty() && AlreadyCheckpointed(r)) {
+        ++dispatch_.redelivered[r.kind < 3 ? r.kind : 0];
+        if (r.acker != nullptr) r.acker->Processed(r.ack_seq);
+        continue;
+      }
+      Dispatch(std::move(r), &outbox);
+    }
     batch.clear();
     for (size_t k = 0; k < workers_.size(); ++k) {
       if (outbox[k].empty()) continue;
@@ -209,12 +238,21 @@ void Pipeline::DispatchLoop() {
         Retire(&done);
       }
     }
-    if (drained || std::chrono::steady_clock::now() - last_dispatch_publish_ >
-                       std::chrono::milliseconds(100)) {
+    const auto now = std::chrono::steady_clock::now();
+    if (options_.on_checkpoint && since_marker_ > 0 &&
+        (drained || now - last_marker_ >= options_.checkpoint_interval)) {
+      EmitMarker();
+    }
+    if (drained ||
+        now - last_dispatch_publish_ > std::chrono::milliseconds(100)) {
       PublishDispatchStats();
     }
   }
   PublishDispatchStats();
+  if (options_.on_checkpoint && since_marker_ > 0) {
+    std::lock_guard<std::mutex> l(dispatch_mu_);
+    EmitMarker();
+  }
   for (auto& w : workers_) w->queue.Close();
 }
 
@@ -226,12 +264,14 @@ void Pipeline::Dispatch(Record record,
   }
   Work& w = *NewWork();
   w.barrier = nullptr;
+  w.marker = nullptr;
+  w.epoch = epoch_;
   w.record = std::move(record);
   // The decoder reads up to kLinePadding bytes past the end: take the
   // record's buffer when the source left room for that, else copy.
   const size_t size = w.record.bytes.size();
   if (w.record.bytes.capacity() >= size + kLinePadding) {
-    w.raw.swap(w.record.bytes);
+    SwapBuffers(&w.raw, &w.record.bytes);
   } else {
     w.raw.assign(w.record.bytes);
   }
@@ -305,6 +345,10 @@ void Pipeline::Dispatch(Record record,
   if (targets == 0) targets = 1;
   w.remaining.store(__builtin_popcountll(targets), std::memory_order_relaxed);
   ++dispatch_.events[kind];
+  if (options_.on_checkpoint) {
+    ++since_marker_;
+    NotePosition(w.record);
+  }
   for (size_t k = 0; k < workers_.size(); ++k) {
     if (targets & (uint64_t{1} << k)) (*outbox)[k].push_back(&w);
   }
@@ -319,7 +363,9 @@ void Pipeline::Retire(std::vector<Work*>* done) {
   if (done->empty()) return;
   // (acker, its sequence numbers), one entry per run of the same acker.
   std::vector<std::pair<Acker*, std::vector<uint64_t>>> acks;
+  uint64_t epoch = 0;  // the latest of the batch: covers them all
   for (const Work* w : *done) {
+    epoch = std::max(epoch, w->epoch);
     if (w->record.acker == nullptr) continue;
     if (acks.empty() || acks.back().first != w->record.acker) {
       acks.emplace_back(w->record.acker, std::vector<uint64_t>());
@@ -332,7 +378,7 @@ void Pipeline::Retire(std::vector<Work*>* done) {
     }
   };
   if (options_.ack_gate) {
-    options_.ack_gate(std::move(ack));
+    options_.ack_gate(epoch, std::move(ack));
   } else {
     ack();
   }
@@ -362,9 +408,12 @@ void Pipeline::WorkerLoop(Worker* w) {
     // The masks of a batch first, then prefetch the state of event k + 2
     // while evaluating event k: the rule tables' cache misses overlap.
     w->masks.resize(batch.size());
+    auto control = [](const Work* work) {
+      return work->barrier != nullptr || work->marker != nullptr;
+    };
     for (size_t k = 0; k < batch.size(); ++k) {
       const Work* work = batch[k];
-      if (work->barrier != nullptr) continue;
+      if (control(work)) continue;
       std::vector<uint8_t>& mask = w->masks[k];
       mask.resize(work->shard.size());
       for (size_t i = 0; i < mask.size(); ++i) {
@@ -373,18 +422,23 @@ void Pipeline::WorkerLoop(Worker* w) {
     }
     constexpr size_t kAhead = 2;
     for (size_t k = 0; k < batch.size() && k < kAhead; ++k) {
-      if (batch[k]->barrier == nullptr) {
+      if (!control(batch[k])) {
         w->engine->PrefetchState(batch[k]->prepared, w->masks[k].data());
       }
     }
     for (size_t k = 0; k < batch.size(); ++k) {
       Work* work = batch[k];
-      if (k + kAhead < batch.size() && batch[k + kAhead]->barrier == nullptr) {
+      if (k + kAhead < batch.size() && !control(batch[k + kAhead])) {
         w->engine->PrefetchState(batch[k + kAhead]->prepared,
                                  w->masks[k + kAhead].data());
       }
       if (work->barrier != nullptr) {
         barrier = work->barrier;  // answered once this batch is done
+        continue;
+      }
+      if (work->marker != nullptr) {
+        SaveAtMarker(w, work->marker);
+        delete work;
         continue;
       }
       out.clear();
@@ -413,6 +467,135 @@ void Pipeline::WorkerLoop(Worker* w) {
   PublishRules(w);
 }
 
+void Pipeline::EmitMarker() {
+  auto* m = new Marker();
+  m->epoch = ++epoch_;
+  const uint64_t base = base_bytes_.load(std::memory_order_relaxed);
+  const bool full =
+      force_full_ || delta_bytes_.load(std::memory_order_relaxed) >
+                         2 * base + (uint64_t{4} << 20);
+  StateCheckpoint& c = m->checkpoint;
+  c.full = full;
+  c.workers = static_cast<int>(workers_.size());
+  c.ruleset_digest = router_->rules().digest().Hex();
+  c.parts.resize(workers_.size() + 1);
+  router_->SaveState(full, &c.parts[0]);
+  c.positions.assign(positions_.begin(), positions_.end());
+  m->remaining.store(static_cast<int>(workers_.size()),
+                     std::memory_order_relaxed);
+  for (auto& w : workers_) {
+    Work* mw = new Work();
+    mw->marker = m;
+    w->queue.Push(mw);  // after every record dispatched before it
+  }
+  since_marker_ = 0;
+  force_full_ = false;
+  last_marker_ = std::chrono::steady_clock::now();
+}
+
+void Pipeline::SaveAtMarker(Worker* w, Marker* m) {
+  w->engine->SaveState(m->checkpoint.full,
+                       &m->checkpoint.parts[static_cast<size_t>(w->index) + 1]);
+  if (m->remaining.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+  uint64_t bytes = 0;
+  for (const std::string& p : m->checkpoint.parts) bytes += p.size();
+  if (m->checkpoint.full) {
+    base_bytes_.store(bytes, std::memory_order_relaxed);
+    delta_bytes_.store(0, std::memory_order_relaxed);
+    full_checkpoints_.fetch_add(1, std::memory_order_relaxed);
+  } else {
+    delta_bytes_.fetch_add(bytes, std::memory_order_relaxed);
+  }
+  checkpoints_.fetch_add(1, std::memory_order_relaxed);
+  checkpoint_bytes_.fetch_add(bytes, std::memory_order_relaxed);
+  const uint64_t epoch = m->epoch;
+  StateCheckpoint c = std::move(m->checkpoint);
+  delete m;
+  options_.on_checkpoint(epoch, std::move(c));
+}
+
+namespace {
+// The stream a record's position belongs to; empty for HTTP (no position).
+std::string StreamOf(const Record& r) {
+  if (r.kind == 1) return std::string();
+  if (r.kind == 2) return r.source;
+  return absl::StrCat("file:", r.stream);
+}
+}  // namespace
+
+void Pipeline::NotePosition(const Record& r) {
+  if (r.kind == 1) return;
+  if (last_position_ != nullptr &&
+      (r.kind == 0 ? last_source_.empty() && r.stream == last_stream_
+                   : r.source == last_source_)) {
+    *last_position_ = r.offset;
+    return;
+  }
+  last_position_ = &positions_[StreamOf(r)];
+  *last_position_ = r.offset;
+  last_stream_ = r.stream;
+  if (r.kind == 0) {
+    last_source_.clear();
+  } else {
+    last_source_ = r.source;
+  }
+}
+
+bool Pipeline::AlreadyCheckpointed(const Record& r) {
+  if (r.kind == 1) return false;
+  auto it = restored_positions_.find(StreamOf(r));
+  if (it == restored_positions_.end()) return false;
+  if (r.offset <= it->second) return true;
+  restored_positions_.erase(it);  // the stream is past it: stop checking
+  return false;
+}
+
+Pipeline::RestoreReport Pipeline::Restore(const StoredState& state) {
+  RestoreReport report;
+  if (static_cast<size_t>(state.workers) != workers_.size()) {
+    report.problem =
+        absl::StrCat("the rule state was written by ", state.workers,
+                     " workers and this run has ", workers_.size(),
+                     "; keys are sharded by worker, so the rules start empty");
+    return report;
+  }
+  auto load = [&](Engine* e, const std::vector<std::string>& images) {
+    for (const std::string& image : images) {
+      absl::Status st =
+          e->RestoreState(image, &report.skipped, &report.discarded);
+      if (!st.ok()) return st;
+    }
+    return absl::OkStatus();
+  };
+  absl::Status st = load(router_.get(), state.parts[0]);
+  for (size_t k = 0; st.ok() && k < workers_.size(); ++k) {
+    st = load(workers_[k]->engine.get(), state.parts[k + 1]);
+  }
+  if (!st.ok()) {
+    // Partly applied: throw all of it away rather than run on half a state.
+    auto fresh = [&](std::unique_ptr<Engine>* e, EngineOptions o) {
+      *e = std::make_unique<Engine>(rules(), o);
+    };
+    fresh(&router_, options_.engine);
+    EngineOptions worker_engine = options_.engine;
+    worker_engine.dedupe_window = 0;
+    worker_engine.shards = workers_.size();
+    for (auto& w : workers_) fresh(&w->engine, worker_engine);
+    report.problem = absl::StrCat("the rule state could not be read (",
+                                  st.message(), "); the rules start empty");
+    report.skipped.clear();
+    report.discarded.clear();
+    return report;
+  }
+  for (const auto& [stream, offset] : state.positions) {
+    restored_positions_[stream] = offset;
+    positions_[stream] = offset;
+  }
+  report.positions = state.positions.size();
+  report.restored = true;
+  return report;
+}
+
 PipelineStats Pipeline::Stats() const {
   PipelineStats s;
   {
@@ -421,6 +604,9 @@ PipelineStats Pipeline::Stats() const {
   }
   s.records = records_.load(std::memory_order_relaxed);
   s.violations = violations_.load(std::memory_order_relaxed);
+  s.checkpoints = checkpoints_.load(std::memory_order_relaxed);
+  s.full_checkpoints = full_checkpoints_.load(std::memory_order_relaxed);
+  s.checkpoint_bytes = checkpoint_bytes_.load(std::memory_order_relaxed);
   s.queue_depth = admission_.size();
   return s;
 }
@@ -466,7 +652,12 @@ absl::StatusOr<Pipeline::ReloadResult> Pipeline::Reload(
   }
   router_ = std::move(router);
   decoder_ = *std::move(decoder);
-  ++generation_;  // pooled work items re-size their PreparedEvent
+  ++generation_;       // pooled work items re-size their PreparedEvent
+  force_full_ = true;  // images name rules by digest: start a new base
+  if (options_.on_checkpoint) {
+    router_->TrackChanges();
+    for (auto& w : workers_) w->engine->TrackChanges();
+  }
   for (auto& w : workers_) {
     PublishRules(w.get());
   }

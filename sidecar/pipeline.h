@@ -35,6 +35,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "exporters/evidence/store.h"
 #include "ingest/decoder.h"
 #include "ingest/record.h"
 #include "rules/engine.h"
@@ -134,11 +135,25 @@ struct PipelineOptions {
   size_t worker_queue_capacity = 4096;  // per worker, events
   size_t max_line_bytes = 1 << 20;
   // When set, the acknowledgements of evaluated records are handed to it
-  // (as a closure that performs them) instead of being made at once: the
-  // sidecar runs them when the evidence of everything evaluated before is
-  // durable (EvidenceWriter::WhenDurable). Records rejected or skipped as
-  // redeliveries, which produce no evidence, are acknowledged at once.
-  std::function<void(std::function<void()>)> ack_gate;
+  // (as a closure that performs them) instead of being made at once,
+  // together with the checkpoint epoch of the records: the sidecar runs
+  // them once the checkpoint that covers them (the first one with a larger
+  // epoch) is durable, with the evidence of everything evaluated before it.
+  // Records rejected or skipped as redeliveries, which change no state and
+  // produce no evidence, are acknowledged at once.
+  std::function<void(uint64_t epoch, std::function<void()>)> ack_gate;
+  // Rule-state checkpoints. When set, the dispatcher puts a checkpoint
+  // marker into every worker's queue after the records it dispatched,
+  // whenever the admission queue runs empty and at least every
+  // checkpoint_interval while records flow (and once more on Stop). Each
+  // worker, when it reaches the marker, appends an image of the rule state
+  // it changed since the previous marker; the last one hands the whole
+  // checkpoint to on_checkpoint (on its thread), with its epoch (1, 2, ...;
+  // it covers every record of a smaller epoch). The first checkpoint after
+  // Start or Reload, and one whenever the change images written since the
+  // last full one outgrow it, is full.
+  std::function<void(uint64_t epoch, StateCheckpoint)> on_checkpoint;
+  std::chrono::milliseconds checkpoint_interval{100};
   std::optional<DecoderOptions> decoder;  // default: the rule set's input
   EngineOptions engine;
 };
@@ -148,6 +163,9 @@ struct PipelineStats {
   uint64_t events = 0;       // decoded and checked
   uint64_t redelivered = 0;  // skipped as redeliveries
   uint64_t violations = 0;
+  uint64_t checkpoints = 0;                  // handed to on_checkpoint
+  uint64_t full_checkpoints = 0;             // of which full
+  uint64_t checkpoint_bytes = 0;             // images written, in all
   std::map<std::string, uint64_t> rejected;  // by reason
   // The same counts by source kind ("file", "http", "kafka"):
   std::map<std::string, uint64_t> events_by_kind;
@@ -189,6 +207,22 @@ class Pipeline : public RecordSink {
   bool TryPushBatch(std::vector<Record>* batch) override;
   bool PushAll(std::vector<Record>* batch) override;
 
+  // Loads a stored rule-state checkpoint into the engines; before Start.
+  // Streams resume after their stored positions: records of a file or
+  // Kafka partition at or before the stored position are already in the
+  // state and are skipped (counted as redelivered) once. State written by
+  // a different number of workers, or that cannot be read, is not loaded:
+  // the rules start empty, and the returned report says so. `report` lists
+  // what was restored, skipped (rules removed or changed) and discarded.
+  struct RestoreReport {
+    bool restored = false;
+    std::string problem;  // why the state was not (fully) restored
+    std::vector<std::string> skipped;
+    std::vector<std::string> discarded;
+    size_t positions = 0;
+  };
+  RestoreReport Restore(const StoredState& state);
+
   PipelineStats Stats() const;
   // Per-rule counters as last published by the workers (at most ~0.5 s
   // old while running; exact after Stop).
@@ -211,6 +245,7 @@ class Pipeline : public RecordSink {
  private:
   struct Work;
   struct Worker;
+  struct Marker;
 
   Pipeline(std::shared_ptr<const RuleSet> rules, PipelineOptions options,
            ViolationFn on_violation);
@@ -229,6 +264,12 @@ class Pipeline : public RecordSink {
   void Retire(std::vector<Work*>* done);
   Work* NewWork();  // from the pool (dispatcher thread)
   void Reject(const Record& record, std::string_view reason);
+  // Checkpoints (dispatcher thread).
+  void EmitMarker();
+  void NotePosition(const Record& r);
+  bool AlreadyCheckpointed(const Record& r);
+  // A worker reached `m`: adds its image; the last one hands it over.
+  void SaveAtMarker(Worker* w, Marker* m);
   void PublishRules(Worker* w);
 
   absl::StatusOr<std::unique_ptr<Decoder>> MakeDecoderFor(
@@ -269,6 +310,26 @@ class Pipeline : public RecordSink {
   std::chrono::steady_clock::time_point last_dispatch_publish_;
   std::atomic<uint64_t> records_{0};
   std::atomic<uint64_t> violations_{0};
+
+  // Checkpoints. epoch_ is the epoch of records dispatched now; a marker
+  // increments it. Dispatcher thread, except the atomics.
+  uint64_t epoch_ = 0;
+  uint64_t since_marker_ = 0;  // records sent to workers since the marker
+  std::chrono::steady_clock::time_point last_marker_;
+  bool force_full_ = true;
+  std::atomic<uint64_t> base_bytes_{0};   // size of the last full image
+  std::atomic<uint64_t> delta_bytes_{0};  // change images since then
+  std::atomic<uint64_t> checkpoints_{0};
+  std::atomic<uint64_t> full_checkpoints_{0};
+  std::atomic<uint64_t> checkpoint_bytes_{0};
+  // Last evaluated offset per stream ("file:<stream>" or the Kafka source);
+  // std::map: the cached pointer stays valid as streams are added.
+  std::map<std::string, uint64_t> positions_;
+  uint64_t* last_position_ = nullptr;
+  uint64_t last_stream_ = 0;
+  std::string last_source_;
+  // Restored positions not yet passed by their stream.
+  std::map<std::string, uint64_t> restored_positions_;
 };
 
 }  // namespace invariantd

@@ -2,6 +2,7 @@
 
 #include <openssl/evp.h>
 #include <sqlite3.h>
+#include <xxhash.h>
 
 #include <cstring>
 
@@ -301,8 +302,114 @@ absl::Status EvidenceStore::Init() {
     if (absl::Status s = Exec(db_, "PRAGMA synchronous=FULL"); !s.ok()) {
       return s;
     }
+    // The rule-state checkpoint (see WriteState). Added to stores created
+    // before it existed, so it is created when missing.
+    for (const char* sql : {
+             "CREATE TABLE IF NOT EXISTS state_image("
+             " seq INTEGER NOT NULL, part INTEGER NOT NULL,"
+             " full INTEGER NOT NULL, data BLOB NOT NULL,"
+             " checksum INTEGER NOT NULL, PRIMARY KEY(seq, part))",
+             "CREATE TABLE IF NOT EXISTS state_meta("
+             " one INTEGER PRIMARY KEY CHECK(one = 1),"
+             " workers INTEGER NOT NULL, ruleset_digest TEXT NOT NULL)",
+             "CREATE TABLE IF NOT EXISTS state_position("
+             " stream TEXT PRIMARY KEY, last_offset INTEGER NOT NULL)",
+         }) {
+      if (absl::Status e = Exec(db_, sql); !e.ok()) return e;
+    }
   }
   return LoadHead();
+}
+
+absl::Status EvidenceStore::WriteState(sqlite3* db, const StateCheckpoint& c) {
+  if (c.full) {
+    for (const char* sql : {"DELETE FROM state_image", "DELETE FROM state_meta",
+                            "DELETE FROM state_position"}) {
+      if (absl::Status e = Exec(db, sql); !e.ok()) return e;
+    }
+    Stmt meta(db, "INSERT INTO state_meta VALUES(1, ?1, ?2)");
+    if (!meta.status().ok()) return meta.status();
+    meta.Bind(1, int64_t{c.workers});
+    meta.Bind(2, c.ruleset_digest);
+    if (meta.Step() != SQLITE_DONE) return SqlError(db, "writing state meta");
+  }
+  uint64_t seq = 1;
+  {
+    Stmt next(db, "SELECT IFNULL(MAX(seq), 0) + 1 FROM state_image");
+    if (!next.status().ok() || next.Step() != SQLITE_ROW) {
+      return SqlError(db, "numbering the state image");
+    }
+    seq = next.U(0);
+  }
+  Stmt ins(db, "INSERT INTO state_image VALUES(?1, ?2, ?3, ?4, ?5)");
+  if (!ins.status().ok()) return ins.status();
+  for (size_t part = 0; part < c.parts.size(); ++part) {
+    ins.BindU(1, seq);
+    ins.BindU(2, part);
+    ins.Bind(3, int64_t{c.full ? 1 : 0});
+    ins.BindBlob(4, c.parts[part]);
+    ins.BindU(5, XXH3_64bits(c.parts[part].data(), c.parts[part].size()));
+    if (ins.Step() != SQLITE_DONE) return SqlError(db, "writing rule state");
+    ins.Reset();
+  }
+  Stmt pos(db, "INSERT OR REPLACE INTO state_position VALUES(?1, ?2)");
+  if (!pos.status().ok()) return pos.status();
+  for (const auto& [stream, offset] : c.positions) {
+    pos.Bind(1, stream);
+    pos.BindU(2, offset);
+    if (pos.Step() != SQLITE_DONE) return SqlError(db, "writing positions");
+    pos.Reset();
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::optional<StoredState>> EvidenceStore::LoadState() {
+  StoredState out;
+  {
+    Stmt meta(db_, "SELECT workers, ruleset_digest FROM state_meta");
+    if (!meta.status().ok()) return SqlError(db_, "reading state meta");
+    const int rc = meta.Step();
+    if (rc == SQLITE_DONE) return std::optional<StoredState>();
+    if (rc != SQLITE_ROW) return SqlError(db_, "reading state meta");
+    out.workers = static_cast<int>(meta.Int(0));
+    out.ruleset_digest = meta.Text(1);
+  }
+  out.parts.resize(static_cast<size_t>(out.workers) + 1);
+  Stmt img(db_,
+           "SELECT seq, part, full, data, checksum FROM state_image"
+           " ORDER BY seq, part");
+  if (!img.status().ok()) return SqlError(db_, "reading rule state");
+  bool first = true;
+  int rc;
+  while ((rc = img.Step()) == SQLITE_ROW) {
+    const uint64_t seq = img.U(0);
+    const uint64_t part = img.U(1);
+    std::string data = img.Text(3);
+    if (XXH3_64bits(data.data(), data.size()) != img.U(4)) {
+      return absl::DataLossError(absl::StrCat(
+          "rule state image ", seq, " part ", part, " fails its checksum"));
+    }
+    if (part >= out.parts.size()) {
+      return absl::DataLossError(absl::StrCat("rule state image ", seq,
+                                              " has an unknown part ", part));
+    }
+    if (first && img.Int(2) == 0) {
+      return absl::DataLossError(
+          "the rule state starts with a change image, not a full one");
+    }
+    first = false;
+    out.bytes += data.size();
+    ++out.images;
+    out.parts[part].push_back(std::move(data));
+  }
+  if (rc != SQLITE_DONE) return SqlError(db_, "reading rule state");
+  Stmt pos(db_, "SELECT stream, last_offset FROM state_position");
+  if (!pos.status().ok()) return SqlError(db_, "reading positions");
+  while ((rc = pos.Step()) == SQLITE_ROW) {
+    out.positions.emplace_back(pos.Text(0), pos.U(1));
+  }
+  if (rc != SQLITE_DONE) return SqlError(db_, "reading positions");
+  return std::optional<StoredState>(std::move(out));
 }
 
 absl::Status EvidenceStore::LoadHead() {

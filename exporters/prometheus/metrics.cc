@@ -177,10 +177,11 @@ struct Metrics::Impl {
                          .Name("invariantd_alert_outbox_queued")
                          .Help("Notifications waiting in the outbox.")
                          .Register(*registry)),
-        alert_oldest(prometheus::BuildGauge()
-                         .Name("invariantd_alert_outbox_oldest_age_seconds")
-                         .Help("Age of the oldest undelivered notification.")
-                         .Register(*registry)),
+        alert_oldest(
+            prometheus::BuildGauge()
+                .Name("invariantd_alert_outbox_oldest_age_seconds")
+                .Help("Age of the oldest undelivered notification.")
+                .Register(*registry)),
         alerts_active(prometheus::BuildGauge()
                           .Name("invariantd_alerts_active")
                           .Help("Alerts firing (not resolved).")
@@ -246,6 +247,27 @@ struct Metrics::Impl {
   Gauge& alerts_active;
   Family<Counter>& alert_resolves;
   Gauge& evidence_head;
+  // Rule-state checkpoints (declared with their initializers: built after
+  // the registry, in declaration order).
+  Family<Counter>& state_checkpoints =
+      prometheus::BuildCounter()
+          .Name("invariantd_state_checkpoints_total")
+          .Help("Rule-state checkpoints committed with the evidence, by "
+                "type (full image or changes only).")
+          .Register(*registry);
+  Counter& state_bytes =
+      prometheus::BuildCounter()
+          .Name("invariantd_state_checkpoint_bytes_total")
+          .Help("Bytes of rule-state images written.")
+          .Register(*registry)
+          .Add({});
+  Gauge& state_restored =
+      prometheus::BuildGauge()
+          .Name("invariantd_state_restored")
+          .Help("1 when the rule state was restored from the checkpoint at "
+                "start, 0 when the rules started empty.")
+          .Register(*registry)
+          .Add({});
 
   std::mutex mu;
   std::map<const Counter*, uint64_t> last_totals;  // guarded by mu
@@ -344,8 +366,26 @@ void Metrics::Evidence(uint64_t stored_total, uint64_t duplicate_total,
   impl_->evidence_head.Set(head_seq);
 }
 
+void Metrics::StateCheckpoints(uint64_t full_total, uint64_t changes_total,
+                               uint64_t bytes_total) {
+  impl_->SetTotal(impl_->state_checkpoints, {{"type", "full"}}, full_total);
+  impl_->SetTotal(impl_->state_checkpoints, {{"type", "changes"}},
+                  changes_total);
+  std::lock_guard<std::mutex> l(impl_->mu);
+  uint64_t& last = impl_->last_totals[&impl_->state_bytes];
+  if (bytes_total >= last) {
+    impl_->state_bytes.Increment(static_cast<double>(bytes_total - last));
+  }
+  last = bytes_total;
+}
+
+void Metrics::StateRestored(bool restored) {
+  impl_->state_restored.Set(restored ? 1 : 0);
+}
+
 void Metrics::AlertSink(std::string_view sink, uint64_t delivered_total,
-                        uint64_t grouped_total, uint64_t deliveries_total,
+                        uint64_t grouped_total, uint64_t rejected_total,
+                        uint64_t deliveries_total,
                         uint64_t failures_total, uint64_t retries_total,
                         uint64_t resends_total, double queued,
                         double oldest_age_s) {
@@ -354,6 +394,8 @@ void Metrics::AlertSink(std::string_view sink, uint64_t delivered_total,
                   {{"sink", name}, {"result", "delivered"}}, delivered_total);
   impl_->SetTotal(impl_->alert_notifications,
                   {{"sink", name}, {"result", "grouped"}}, grouped_total);
+  impl_->SetTotal(impl_->alert_notifications,
+                  {{"sink", name}, {"result", "rejected"}}, rejected_total);
   impl_->SetTotal(impl_->alert_deliveries, {{"sink", name}}, deliveries_total);
   impl_->SetTotal(impl_->alert_failures, {{"sink", name}}, failures_total);
   impl_->SetTotal(impl_->alert_retries, {{"sink", name}}, retries_total);

@@ -92,6 +92,12 @@ class Metrics {
   // invariantd_evidence_pending, invariantd_evidence_head_seq.
   void Evidence(uint64_t stored_total, uint64_t duplicate_total,
                 uint64_t failures_total, double pending, double head_seq);
+  // invariantd_state_checkpoints_total{type="full"|"changes"} and
+  // invariantd_state_checkpoint_bytes_total (from running totals);
+  // invariantd_state_restored (1 or 0).
+  void StateCheckpoints(uint64_t full_total, uint64_t changes_total,
+                        uint64_t bytes_total);
+  void StateRestored(bool restored);
   // invariantd_config_reloads_total{result="success"|"failure"} and
   // invariantd_config_last_reload_successful (1 or 0).
   void Reload(bool ok);
@@ -101,8 +107,9 @@ class Metrics {
 
   // --- paging (sink: the sink's configured name, never a URL) ---
   // Running totals of one sink: invariantd_alert_notifications_total
-  // {sink,result="delivered"|"grouped"} (outbox rows delivered; "grouped":
-  // of those, folded into another notification's delivery),
+  // {sink,result="delivered"|"grouped"|"rejected"} (outbox rows delivered;
+  // "grouped": of those, folded into another notification's delivery;
+  // "rejected": refused by an Alertmanager as invalid, not retried),
   // invariantd_alert_deliveries_total{sink} (successful POSTs),
   // invariantd_alert_delivery_failures_total{sink} (failed POSTs, resends
   // included), invariantd_alert_delivery_retries_total{sink} (POSTs of pages
@@ -110,7 +117,8 @@ class Metrics {
   // invariantd_alert_outbox_queued{sink} and
   // invariantd_alert_outbox_oldest_age_seconds{sink}.
   void AlertSink(std::string_view sink, uint64_t delivered_total,
-                 uint64_t grouped_total, uint64_t deliveries_total,
+                 uint64_t grouped_total, uint64_t rejected_total,
+                 uint64_t deliveries_total,
                  uint64_t failures_total, uint64_t retries_total,
                  uint64_t resends_total, double queued, double oldest_age_s);
   // invariantd_alerts_active and invariantd_alert_resolves_total (running

@@ -98,6 +98,25 @@ struct Agreement {
     s.seen.push_back(Seen{h, line});
     return ObserveStatus::kOk;
   }
+  static void Encode(const State& s, std::string* out) {
+    PutValue(out, s.first.view());
+    PutU64(out, s.seen.size());
+    for (const Seen& seen : s.seen) {
+      PutHash(out, seen.hash);
+      PutU64(out, seen.line);
+    }
+  }
+  static bool Decode(std::string_view* in, State* s) {
+    uint64_t n = 0;
+    if (!GetValue(in, &s->first) || !GetU64(in, &n) || n > in->size() / 24) {
+      return false;
+    }
+    s->seen.resize(n);
+    for (Seen& seen : s->seen) {
+      if (!GetHash(in, &seen.hash) || !GetU64(in, &seen.line)) return false;
+    }
+    return true;
+  }
   static size_t HeapBytes(const State& s) {
     size_t n = s.seen.capacity() > 1 ? s.seen.capacity() * sizeof(Seen) : 0;
     const Value v = s.first.view();

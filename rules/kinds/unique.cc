@@ -94,7 +94,59 @@ class UniqueState final : public RuleState {
     c_ = static_cast<const UniqueConfig*>(config);
   }
 
+  void TrackChanges() override { table_.TrackChanges(); }
+
+  // Image: layout tag, the window counters, then (key, present, entry).
+  void SaveState(bool full, std::string* out) override {
+    PutU64(out, kLayoutTag);
+    PutU8(out, full ? 1 : 0);
+    PutU64(out, static_cast<uint64_t>(ordinal_));
+    PutU8(out, swept_once_ ? 1 : 0);
+    PutU64(out, static_cast<uint64_t>(last_sweep_));
+    auto put = [&](const Hash128& key, const UniqueEntry* e) {
+      PutHash(out, key);
+      PutU8(out, e != nullptr ? 1 : 0);
+      if (e != nullptr) PutRaw(out, *e);
+    };
+    if (full) {
+      table_.DrainChanges([](const Hash128&, const UniqueEntry*) {});
+      table_.ForEach(
+          [&](const Hash128& k, const UniqueEntry& e) { put(k, &e); });
+    } else {
+      table_.DrainChanges(put);
+    }
+  }
+
+  bool RestoreState(std::string_view in) override {
+    uint64_t tag = 0, ordinal = 0, last_sweep = 0;
+    uint8_t full = 0, swept = 0;
+    if (!GetU64(&in, &tag) || tag != kLayoutTag || !GetU8(&in, &full) ||
+        !GetU64(&in, &ordinal) || !GetU8(&in, &swept) ||
+        !GetU64(&in, &last_sweep)) {
+      return false;
+    }
+    ordinal_ = static_cast<int64_t>(ordinal);
+    swept_once_ = swept != 0;
+    last_sweep_ = static_cast<int64_t>(last_sweep);
+    while (!in.empty()) {
+      Hash128 key;
+      uint8_t present = 0;
+      if (!GetHash(&in, &key) || !GetU8(&in, &present)) return false;
+      if (present == 0) {
+        table_.Erase(key);
+        continue;
+      }
+      UniqueEntry e;
+      if (!GetRaw(&in, &e)) return false;
+      auto ref = table_.FindOrInsert(key);
+      if (ref.state != nullptr) *ref.state = e;
+    }
+    return true;
+  }
+
  private:
+  static constexpr uint64_t kLayoutTag =
+      0x554e'0000'0000'0000ULL | sizeof(UniqueEntry);
   int64_t WindowSize() const {
     return c_->window_field != nullptr ? c_->window_size : c_->window_count;
   }

@@ -150,10 +150,38 @@ TEST_F(EvidenceRunTest, StoresOnceQueriesAndSurvivesReevaluation) {
     EXPECT_THAT(c->err(), HasSubstr("\"evidence committed\""));
   }
 
-  // Forget the positions: the restart evaluates the whole file again. Same
-  // ids, so nothing is stored, printed or counted twice.
+  // Forget the tail positions: the restart reads the whole file again, and
+  // skips every line as already in the rule-state checkpoint (whose stored
+  // position is exact): nothing is evaluated, stored or printed twice.
   fs::remove(dir_ / "data" / "tail-positions.json");
   {
+    auto c = Start();
+    ASSERT_TRUE(c->WaitFor([&] {
+      std::string m;
+      Shell("curl -sf " + Url("/metrics"), &m);
+      return m.find(
+                 "invariantd_source_redelivered_total{kind=\"file\","
+                 "source=\"tail\"} "
+                 "140") != std::string::npos;
+    })) << c->err();
+    EXPECT_THAT(c->err(), HasSubstr("\"rule state restored\""));
+    c->Signal(SIGTERM);
+    EXPECT_EQ(c->Wait(), 0);
+    EXPECT_EQ(c->out(), "");
+  }
+  // Forget the rule state too: the whole file is evaluated again. Same ids,
+  // so nothing is stored, printed or counted twice.
+  fs::remove(dir_ / "data" / "tail-positions.json");
+  {
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open((dir_ / "data" / "evidence.db").c_str(), &db),
+              SQLITE_OK);
+    ASSERT_EQ(sqlite3_exec(db,
+                           "DELETE FROM state_meta; DELETE FROM state_image;"
+                           " DELETE FROM state_position",
+                           nullptr, nullptr, nullptr),
+              SQLITE_OK);
+    sqlite3_close(db);
     auto c = Start();
     ASSERT_TRUE(c->WaitFor([&] {
       std::string m;
