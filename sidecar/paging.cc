@@ -190,9 +190,9 @@ void RegisterAlertRoutes(
 void ReportPagerMetrics(const Pager& pager, Metrics* m) {
   const PagerStats st = pager.Stats();
   for (const PagerSinkStats& s : st.sinks) {
-    m->AlertSink(s.name, s.delivered, s.grouped, s.deliveries, s.failures,
-                 s.retries, s.resends, static_cast<double>(s.queued),
-                 s.oldest_age_s);
+    m->AlertSink(s.name, s.delivered, s.grouped, s.rejected, s.deliveries,
+                 s.failures, s.retries, s.resends,
+                 static_cast<double>(s.queued), s.oldest_age_s);
   }
   m->AlertsActive(static_cast<double>(st.active_alerts), st.resolves_queued);
 }

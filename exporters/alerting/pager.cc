@@ -410,6 +410,14 @@ void Pager::DeliverAlertmanager(SinkState& sink, int64_t now) {
                   {{"Content-Type", "application/json"}},
                   absl::StrCat("[", absl::StrJoin(items, ","), "]"));
     ok = Succeeded(sink, r, now);
+    if (!ok && r.ok() && r->status == 400) {
+      // Alertmanager stores the valid alerts of a batch and answers 400
+      // for the invalid ones, which no retry can fix: counted as
+      // rejected (and as a failure, with its message), not retried.
+      if (absl::Status st = DeleteRows(db_, all); !st.ok()) return DbError(st);
+      sink.stats.rejected += all.size();
+      return;
+    }
   }
   if (ok) {
     if (absl::Status st = DeleteRows(db_, all); !st.ok()) return DbError(st);
@@ -561,7 +569,7 @@ void Pager::Resend(SinkState& sink, int64_t now) {
     auto r = Post(sink, sink.config.url + "/api/v2/alerts",
                   {{"Content-Type", "application/json"}},
                   absl::StrCat("[", absl::StrJoin(items, ","), "]"));
-    if (!Succeeded(sink, r, now)) {
+    if (!Succeeded(sink, r, now) && !(r.ok() && r->status == 400)) {
       ++sink.resend_failures;
       sink.next_resend_ms =
           now +

@@ -106,6 +106,7 @@ struct PagerSinkStats {
   double oldest_age_s = 0;       // age of the oldest waiting row
   uint64_t delivered = 0;        // notifications delivered (rows)
   uint64_t grouped = 0;          // of those, folded into another's delivery
+  uint64_t rejected = 0;         // refused by Alertmanager as invalid (400)
   uint64_t deliveries = 0;       // successful POSTs
   uint64_t failures = 0;         // failed POSTs (deliveries and resends)
   uint64_t retries = 0;          // POSTs of rows that had failed before

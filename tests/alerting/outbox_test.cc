@@ -288,6 +288,7 @@ struct FakeEndpoint {
   };
   std::vector<Call> calls;
   bool up = true;
+  int status = 200;
   PagerOptions::PostFn Fn() {
     return
         [this](
@@ -297,7 +298,7 @@ struct FakeEndpoint {
           Call c{sink.name, url, body, {h.begin(), h.end()}};
           calls.push_back(std::move(c));
           if (!up) return absl::UnavailableError("connection refused");
-          return PagerOptions::Response{200, ""};
+          return PagerOptions::Response{status, "bad alert"};
         };
   }
 };
@@ -452,6 +453,26 @@ TEST_F(PagerTest, ResolveIsDeliveredToEverySink) {
   EXPECT_EQ(h["status"], "resolved");
   EXPECT_EQ(h["resolved_by"], "expired");
   EXPECT_EQ(pager->Stats().active_alerts, 0u);
+}
+
+TEST_F(PagerTest, InvalidAlertsAreCountedNotRetriedForeverOthersAre) {
+  Append({Record("a1", "r", "1", now_)});
+  ep_.status = 400;
+  auto pager = NewPager();
+  pager->RunOnce();
+  // Alertmanager's 400 (invalid alerts; the valid ones of the batch are
+  // stored) is not retried: counted as rejected and as a failure.
+  EXPECT_EQ(Count(db(), "SELECT count(*) FROM outbox WHERE sink = 'am'"), 0);
+  // A webhook's 400 is retried like any other failure.
+  EXPECT_EQ(Count(db(),
+                  "SELECT count(*) FROM outbox WHERE sink = 'hook' "
+                  "AND attempts = 1"),
+            1);
+  const PagerStats st = pager->Stats();
+  EXPECT_EQ(st.sinks[0].rejected, 1u);
+  EXPECT_GE(st.sinks[0].failures, 1u);
+  EXPECT_EQ(st.sinks[0].delivered, 0u);
+  EXPECT_THAT(st.sinks[0].last_error, HasSubstr("HTTP 400: bad alert"));
 }
 
 TEST_F(PagerTest, WebhookGroupsAreBoundedAndCounted) {
