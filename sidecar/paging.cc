@@ -20,6 +20,8 @@ using Json = nlohmann::json;
 
 namespace {
 
+constexpr size_t kMaxWebhookWitnessBytes = 4096;
+
 // Closes the connection when it goes out of scope.
 struct DbCloser {
   sqlite3* db;
@@ -114,14 +116,29 @@ absl::StatusOr<std::unique_ptr<Pager>> InstallPaging(
                                      ": alerting tables: ", st.message()));
   }
   OutboxOptions outbox;
-  for (const AlertSink& s : options->sinks) outbox.sinks.push_back(s.name);
+  for (const AlertSink& s : options->sinks) {
+    outbox.sinks.push_back(s.name);
+    if (s.kind == AlertSink::Kind::kAlertmanager) {
+      outbox.sinks_without_payload.push_back(s.name);
+    }
+  }
   outbox.hold = std::chrono::seconds(config.alert_hold_seconds);
   outbox.max_labels = static_cast<size_t>(config.alert_max_labels);
   outbox.rule_info = [rules = std::move(rules)](std::string_view rule) {
     return RuleInfoFor(rules(), rule);
   };
+  // The webhook's copy of a violation: its evidence JSON, with the witness
+  // cut at kMaxWebhookWitnessBytes (the whole one is one evidence_url away)
+  // so a page never carries megabytes.
   outbox.violation_json = [](const EvidenceRecord& r) {
-    return EvidenceJson(r);
+    if (r.witness.size() <= kMaxWebhookWitnessBytes) return EvidenceJson(r);
+    EvidenceRecord cut = r;
+    cut.witness.resize(kMaxWebhookWitnessBytes);
+    std::string j = EvidenceJson(cut);
+    j.pop_back();  // the closing brace
+    absl::StrAppend(&j, ",\"witness_truncated\":true,\"witness_bytes\":",
+                    r.witness.size(), "}");
+    return j;
   };
   store->AddTxnHook(OutboxHook(std::move(outbox)));
   return Pager::Open(db_path, *std::move(options));

@@ -244,7 +244,10 @@ absl::Status QueueViolations(sqlite3* db, const OutboxOptions& options,
       out.Bind(1, sink);
       out.Bind(2, fp);
       out.Bind(3, r->id);
-      out.Bind(4, payload);
+      const bool bare = std::find(options.sinks_without_payload.begin(),
+                                  options.sinks_without_payload.end(),
+                                  sink) != options.sinks_without_payload.end();
+      out.Bind(4, bare ? std::string_view("{}") : std::string_view(payload));
       out.Bind(5, now_ms);
       if (out.Step() != SQLITE_DONE) return SqlError(db, "queueing a page");
       out.Reset();

@@ -75,6 +75,9 @@ struct OutboxOptions {
   size_t max_labels = kDefaultMaxAlertLabels;
   RuleInfoFn rule_info;            // may be null: no description/labels
   ViolationJsonFn violation_json;  // may be null: payload "{}"
+  // Sinks that never read the payload (Alertmanager: it sends the alert's
+  // state); their rows store "{}" instead of a copy of the violation.
+  std::vector<std::string> sinks_without_payload;
 };
 
 // Creates the alerting tables when missing (in a transaction) and checks

@@ -161,6 +161,7 @@ class OutboxTest : public ::testing::Test {
     ASSERT_TRUE(CreateAlertingSchema(store_->db()).ok());
     OutboxOptions o;
     o.sinks = {"am", "hook"};
+    o.sinks_without_payload = {"am"};
     o.hold = std::chrono::milliseconds(hold_ms_);
     o.rule_info = [](std::string_view rule) {
       AlertRuleInfo i;
@@ -192,6 +193,15 @@ TEST_F(OutboxTest, HookQueuesOnePagePerSinkAndOneAlertPerKey) {
           Record("b1", "r", "2", now)});
   EXPECT_EQ(Count(db(), "SELECT count(*) FROM alerts"), 2);
   EXPECT_EQ(Count(db(), "SELECT count(*) FROM outbox"), 6);
+  // Only the webhook keeps a copy of the violation.
+  EXPECT_EQ(Count(db(),
+                  "SELECT count(*) FROM outbox WHERE sink = 'am' AND "
+                  "payload = '{}'"),
+            3);
+  EXPECT_EQ(Count(db(),
+                  "SELECT count(*) FROM outbox WHERE sink = 'hook' AND "
+                  "payload LIKE '{\"id\":%'"),
+            3);
   EXPECT_EQ(Count(db(),
                   "SELECT violations FROM alerts WHERE "
                   "last_evidence_id = 'a2'"),

@@ -1,12 +1,16 @@
 // The alerting section of the configuration and how it becomes the pager's
 // sinks (names without credentials, the webhook secret from its file).
+#include <sqlite3.h>
 #include <unistd.h>
 
 #include <fstream>
 #include <string>
 
+#include "exporters/alerting/outbox.h"
+#include "exporters/evidence/store.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
 #include "sidecar/config.h"
 #include "sidecar/paging.h"
 #include "tests/temp_dir.h"
@@ -109,6 +113,58 @@ TEST(PagingConfigTest, DefaultExternalUrl) {
   const std::string wild = DefaultExternalUrl("0.0.0.0:9464", 9464);
   EXPECT_THAT(wild, ::testing::StartsWith("http://"));
   EXPECT_THAT(wild, ::testing::Not(HasSubstr("0.0.0.0")));
+}
+
+}  // namespace
+}  // namespace invariantd
+
+namespace invariantd {
+namespace {
+
+// InstallPaging on a real store: the hook queues a page per sink in the
+// evidence transaction; the webhook's copy cuts a large witness.
+TEST(PagingInstallTest, HookQueuesPagesAndCutsLargeWitnesses) {
+  TempDir dir;
+  const std::string path = dir.File("evidence.db");
+  auto store = EvidenceStore::Open(path);
+  ASSERT_TRUE(store.ok()) << store.status();
+  RunConfig c;
+  c.alertmanagers = {"http://127.0.0.1:1"};
+  c.webhook_url = "http://127.0.0.1:1/hook";
+  auto pager = InstallPaging(c, store->get(), path,
+                             [] { return std::shared_ptr<const RuleSet>(); });
+  ASSERT_TRUE(pager.ok()) << pager.status();
+  std::vector<EvidenceRecord> recs(1);
+  recs[0].id = "00000000000000000000000000000001";
+  recs[0].rule = "r";
+  recs[0].kind = "unique";
+  recs[0].severity = "critical";
+  recs[0].key = {{"k", "v"}};
+  recs[0].key_json = "{\"k\":\"v\"}";
+  recs[0].witness = std::string(10000, 'w');
+  recs[0].detected_unix_ms = 1;
+  ASSERT_TRUE((*store)->Append(&recs).ok());
+  auto db = OpenAlertDb(path, /*read_only=*/true);
+  ASSERT_TRUE(db.ok()) << db.status();
+  auto alerts = ListAlerts(*db, false, 10);
+  ASSERT_TRUE(alerts.ok());
+  ASSERT_EQ(alerts->size(), 1u);
+  EXPECT_EQ(alerts->front().queued, 2u);  // one per sink
+  sqlite3_stmt* st = nullptr;
+  ASSERT_EQ(sqlite3_prepare_v2(*db,
+                               "SELECT payload FROM outbox WHERE sink LIKE "
+                               "'webhook/%'",
+                               -1, &st, nullptr),
+            SQLITE_OK);
+  ASSERT_EQ(sqlite3_step(st), SQLITE_ROW);
+  const nlohmann::json j = nlohmann::json::parse(
+      reinterpret_cast<const char*>(sqlite3_column_text(st, 0)));
+  sqlite3_finalize(st);
+  EXPECT_EQ(j["id"], recs[0].id);
+  EXPECT_EQ(j["witness_truncated"], true);
+  EXPECT_EQ(j["witness_bytes"], 10000);
+  EXPECT_EQ(j["witness"].get<std::string>().size(), 4096u);
+  CloseAlertDb(*db);
 }
 
 }  // namespace
