@@ -177,11 +177,10 @@ struct Metrics::Impl {
                          .Name("invariantd_alert_outbox_queued")
                          .Help("Notifications waiting in the outbox.")
                          .Register(*registry)),
-        alert_oldest(
-            prometheus::BuildGauge()
-                .Name("invariantd_alert_outbox_oldest_age_seconds")
-                .Help("Age of the oldest undelivered notification.")
-                .Register(*registry)),
+        alert_oldest(prometheus::BuildGauge()
+                         .Name("invariantd_alert_outbox_oldest_age_seconds")
+                         .Help("Age of the oldest undelivered notification.")
+                         .Register(*registry)),
         alerts_active(prometheus::BuildGauge()
                           .Name("invariantd_alerts_active")
                           .Help("Alerts firing (not resolved).")
@@ -252,20 +251,21 @@ struct Metrics::Impl {
   Family<Counter>& state_checkpoints =
       prometheus::BuildCounter()
           .Name("invariantd_state_checkpoints_total")
-          .Help("Rule-state checkpoints committed with the evidence, by "
-                "type (full image or changes only).")
+          .Help(
+              "Rule-state checkpoints committed with the evidence, by "
+              "type (full image or changes only).")
           .Register(*registry);
-  Counter& state_bytes =
-      prometheus::BuildCounter()
-          .Name("invariantd_state_checkpoint_bytes_total")
-          .Help("Bytes of rule-state images written.")
-          .Register(*registry)
-          .Add({});
+  Counter& state_bytes = prometheus::BuildCounter()
+                             .Name("invariantd_state_checkpoint_bytes_total")
+                             .Help("Bytes of rule-state images written.")
+                             .Register(*registry)
+                             .Add({});
   Gauge& state_restored =
       prometheus::BuildGauge()
           .Name("invariantd_state_restored")
-          .Help("1 when the rule state was restored from the checkpoint at "
-                "start, 0 when the rules started empty.")
+          .Help(
+              "1 when the rule state was restored from the checkpoint at "
+              "start, 0 when the rules started empty.")
           .Register(*registry)
           .Add({});
 
@@ -385,10 +385,9 @@ void Metrics::StateRestored(bool restored) {
 
 void Metrics::AlertSink(std::string_view sink, uint64_t delivered_total,
                         uint64_t grouped_total, uint64_t rejected_total,
-                        uint64_t deliveries_total,
-                        uint64_t failures_total, uint64_t retries_total,
-                        uint64_t resends_total, double queued,
-                        double oldest_age_s) {
+                        uint64_t deliveries_total, uint64_t failures_total,
+                        uint64_t retries_total, uint64_t resends_total,
+                        double queued, double oldest_age_s) {
   const std::string name = Label(sink);
   impl_->SetTotal(impl_->alert_notifications,
                   {{"sink", name}, {"result", "delivered"}}, delivered_total);

@@ -118,9 +118,9 @@ class Metrics {
   // invariantd_alert_outbox_oldest_age_seconds{sink}.
   void AlertSink(std::string_view sink, uint64_t delivered_total,
                  uint64_t grouped_total, uint64_t rejected_total,
-                 uint64_t deliveries_total,
-                 uint64_t failures_total, uint64_t retries_total,
-                 uint64_t resends_total, double queued, double oldest_age_s);
+                 uint64_t deliveries_total, uint64_t failures_total,
+                 uint64_t retries_total, uint64_t resends_total, double queued,
+                 double oldest_age_s);
   // invariantd_alerts_active and invariantd_alert_resolves_total (running
   // total of resolves queued: hold expired or operator).
   void AlertsActive(double active, uint64_t resolves_total);
