@@ -245,6 +245,7 @@ class Daemon {
     int workers = 2;
     std::string tail_glob;
     std::string data_dir;
+    std::vector<std::string> extra_args;  // e.g. --no-evidence
   };
 
   explicit Daemon(const Options& o) {
@@ -257,6 +258,7 @@ class Daemon {
         o.binary,     "run",       "--rules",   o.rules,
         "--tail",     o.tail_glob, "--listen",  "127.0.0.1:0",
         "--data-dir", o.data_dir,  "--workers", absl::StrCat(o.workers)};
+    args.insert(args.end(), o.extra_args.begin(), o.extra_args.end());
     pid_ = ::fork();
     if (pid_ < 0) Die("fork failed");
     if (pid_ == 0) {
@@ -444,6 +446,7 @@ struct Common {
   int workers = 2;
   std::string trace;
   std::string work;
+  std::vector<std::string> daemon_args;
 };
 
 Daemon::Options DaemonOptions(const Common& c, const std::string& tail_dir) {
@@ -451,6 +454,7 @@ Daemon::Options DaemonOptions(const Common& c, const std::string& tail_dir) {
   o.binary = c.binary;
   o.rules = c.rules;
   o.workers = c.workers;
+  o.extra_args = c.daemon_args;
   o.tail_glob = tail_dir + "/*.ndjson";
   o.data_dir = c.work + "/data";
   return o;
@@ -716,6 +720,9 @@ void AddCommon(CLI::App* app, Common* c) {
   app->add_option("--trace", c->trace, "Trace file (etcd format)")->required();
   app->add_option("--work", c->work, "Scratch directory (same filesystem)")
       ->required();
+  app->add_option("--daemon-arg", c->daemon_args,
+                  "Extra argument for `invariantd run` (repeatable), e.g. "
+                  "--daemon-arg=--no-evidence");
 }
 
 }  // namespace

@@ -422,6 +422,11 @@ absl::Status App::Start() {
         problems.empty()
             ? absl::StrCat("ready: ", rules->rules().size(), " rules loaded\n")
             : absl::StrCat("not ready: ", absl::StrJoin(problems, "; "), "\n");
+    // Rule state lost at start: the sidecar checks, with lost coverage.
+    if (!s->state_problem.empty()) {
+      absl::StrAppend(&r.body, "state: ", SanitizeText(s->state_problem, 400),
+                      "\n");
+    }
     // Paging trouble does not make the sidecar unready (checking goes on
     // and pages wait in the outbox); it is reported here and in metrics.
     if (s->pager) {

@@ -299,6 +299,21 @@ absl::Status EvidenceStore::Init() {
     if (!s.ok()) return s;
   }
   if (!read_only_) {
+    // A structural check of every page (b-trees, free lists), so that a
+    // torn or truncated file is refused at start rather than failing at
+    // the first commit that touches the damage. Content edits are the hash
+    // chain's (Verify) and the state images' checksums' to find.
+    {
+      Stmt s(db_, "PRAGMA quick_check(1)");
+      if (!s.status().ok()) return SqlError(db_, "checking the database");
+      const int rc = s.Step();
+      if (rc != SQLITE_ROW) return SqlError(db_, "checking the database");
+      const std::string result = s.Text(0);
+      if (result != "ok") {
+        return absl::DataLossError(
+            absl::StrCat("the database is damaged (", result, ")"));
+      }
+    }
     if (absl::Status s = Exec(db_, "PRAGMA synchronous=FULL"); !s.ok()) {
       return s;
     }
