@@ -324,6 +324,7 @@ absl::Status App::Start() {
   hopts.max_body_bytes = config_.http_max_body_bytes;
   hopts.max_line_bytes = config_.max_line_bytes;
   hopts.max_events = config_.http_max_events;
+  hopts.durable_acks = s_->evidence != nullptr;
   if (!config_.auth_token_file.empty()) {
     auto token = ReadToken(config_.auth_token_file);
     if (!token.ok()) return token.status();

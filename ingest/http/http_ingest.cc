@@ -344,6 +344,9 @@ HttpResponse HttpIngest::Handle(const HttpRequestView& request) {
   std::string out = absl::StrCat("{\"batch\":", batch_id, ",");
   AppendCounts(accepted, rejections.size(), rejections, &out);
   absl::StrAppend(&out, ",\"ack\":\"", AV(AckLevelName(ack)), "\"");
+  absl::StrAppend(
+      &out, ",\"durable\":",
+      ack == AckLevel::kProcessed && options_.durable_acks ? "true" : "false");
   if (timed_out) out.append(",\"timed_out\":true");
   out.push_back('}');
   return Finish({timed_out ? 202 : 200, {}, std::move(out)});

@@ -90,6 +90,10 @@ struct HttpIngestOptions {
   bool require_json_content_type = true;
   // High 24 bits of batch ids (see above); random when unset.
   std::optional<uint32_t> epoch;
+  // True when the pipeline acknowledges a record only once it is durable
+  // (the sidecar with its evidence store): a "processed" answer then also
+  // says "durable": true.
+  bool durable_acks = false;
 };
 
 // A request as the HTTP layer saw it. All views must stay valid during

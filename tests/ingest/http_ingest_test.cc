@@ -343,7 +343,25 @@ TEST(HttpIngestTest, WaitProcessedInline) {
   HttpResponse r = ingest.Handle(Post("{}\n{}\n", "wait=processed"));
   ASSERT_EQ(r.status, 200) << r.body;
   EXPECT_EQ(Body(r)["ack"], "processed");
+  EXPECT_EQ(Body(r)["durable"], false);  // this sink acks when evaluated
   EXPECT_EQ(ingest.Stats().processed, 2u);
+}
+
+// Behind the sidecar's pipeline, an ack means the checkpoint is durable:
+// a processed batch says so; an accepted one never does.
+TEST(HttpIngestTest, ProcessedIsDurableWhenTheSinkSaysSo) {
+  FakeSink sink;
+  sink.set_process_inline(true);
+  HttpIngestOptions o;
+  o.durable_acks = true;
+  HttpIngest ingest(o, &sink);
+  HttpResponse r = ingest.Handle(Post("{}\n", "wait=processed"));
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(Body(r)["ack"], "processed");
+  EXPECT_EQ(Body(r)["durable"], true);
+  r = ingest.Handle(Post("{}\n"));
+  EXPECT_EQ(Body(r)["ack"], "accepted");
+  EXPECT_EQ(Body(r)["durable"], false);
 }
 
 TEST(HttpIngestTest, WaitProcessedFromAnotherThread) {
