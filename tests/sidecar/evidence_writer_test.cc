@@ -208,5 +208,95 @@ TEST(EvidenceWriterTest, StopGivesUpAtTheDeadlineWithoutAcking) {
   EXPECT_EQ(w->Stats().pending, 1u);
 }
 
+// Records of epoch e are acknowledged only once a checkpoint of a larger
+// epoch is committed; the checkpoint commits after the records before it.
+TEST(EvidenceWriterTest, CheckpointGateWaitsForTheCoveringCheckpoint) {
+  TempDir dir;
+  const std::string path = dir.File("e.db");
+  Observed seen;
+  auto w = MakeWriter(path, &seen);
+  w->Start();
+  std::atomic<int> acked_epoch0{0}, acked_epoch1{0};
+  w->WhenCheckpointed(0, [&] { ++acked_epoch0; });
+  w->WhenCheckpointed(1, [&] { ++acked_epoch1; });
+  w->Submit(Rec(1), "one");
+  StateCheckpoint c;
+  c.full = true;
+  c.workers = 1;
+  c.parts = {"window-1", "worker-1"};
+  w->SubmitCheckpoint(1, c);
+  // WhenDurable after the checkpoint: runs once it is committed.
+  std::promise<void> durable;
+  w->WhenDurable([&] { durable.set_value(); });
+  ASSERT_EQ(durable.get_future().wait_for(std::chrono::seconds(60)),
+            std::future_status::ready);
+  EXPECT_EQ(acked_epoch0.load(), 1);
+  EXPECT_EQ(acked_epoch1.load(), 0);  // needs checkpoint 2
+  EXPECT_EQ(w->Stats().checkpoint_epoch, 1u);
+  c.full = false;
+  c.parts = {"window-2", "worker-2"};
+  w->SubmitCheckpoint(2, c);
+  ASSERT_TRUE(w->Stop());
+  EXPECT_EQ(acked_epoch1.load(), 1);
+  EXPECT_EQ(w->Stats().checkpoints, 2u);
+  // Both images are stored, the full one first, with the record.
+  auto store = EvidenceStore::Open(path, /*read_only=*/true);
+  ASSERT_TRUE(store.ok());
+  auto rec = (*store)->Get("id-1");
+  ASSERT_TRUE(rec.ok() && rec->has_value());
+}
+
+// RELIABILITY.md R10, disk full: SQLite's own SQLITE_FULL (the database
+// capped with max_page_count, the same error path as a full filesystem).
+// Neither the records' nor a checkpoint's acknowledgements run, the error
+// is surfaced, and the writer stays unhealthy until a commit succeeds.
+TEST(EvidenceWriterTest, DiskFullHoldsEveryAckAndSaysWhy) {
+  TempDir dir;
+  const std::string path = dir.File("e.db");
+  Observed seen;
+  auto store = EvidenceStore::Open(path);
+  ASSERT_TRUE(store.ok()) << store.status();
+  ASSERT_EQ(sqlite3_exec((*store)->db(), "PRAGMA max_page_count = 12", nullptr,
+                         nullptr, nullptr),
+            SQLITE_OK);
+  EvidenceWriterOptions o;
+  o.backoff = std::chrono::milliseconds(5);
+  o.max_backoff = std::chrono::milliseconds(20);
+  EvidenceWriter w(
+      *std::move(store), o, [](const EvidenceRecord&, const std::string&) {},
+      [&seen](const absl::Status& st) {
+        std::lock_guard<std::mutex> l(seen.mu);
+        seen.errors.push_back(st);
+        seen.cv.notify_all();
+      });
+  w.Start();
+  std::atomic<bool> record_acked{false};
+  std::atomic<bool> checkpoint_acked{false};
+  EvidenceRecord big = Rec(1);
+  big.witness.assign(256 << 10, 'w');  // more than the 12 pages allowed
+  w.Submit(std::move(big), "big");
+  w.WhenDurable([&] { record_acked = true; });
+  StateCheckpoint c;
+  c.full = true;
+  c.workers = 1;
+  c.parts = {"window", "worker"};
+  w.SubmitCheckpoint(1, std::move(c));
+  w.WhenCheckpointed(0, [&] { checkpoint_acked = true; });
+  {
+    std::unique_lock<std::mutex> l(seen.mu);
+    ASSERT_TRUE(seen.cv.wait_for(l, std::chrono::seconds(60),
+                                 [&] { return seen.errors.size() >= 2; }));
+    EXPECT_NE(seen.errors[0].message().find("full"), std::string::npos)
+        << seen.errors[0];
+  }
+  EXPECT_FALSE(w.healthy());
+  EXPECT_NE(w.Stats().last_error.find("full"), std::string::npos);
+  EXPECT_FALSE(
+      w.Stop(std::chrono::steady_clock::now() + std::chrono::milliseconds(50)));
+  EXPECT_FALSE(record_acked.load());
+  EXPECT_FALSE(checkpoint_acked.load());
+  EXPECT_EQ(w.Stats().checkpoints, 0u);
+}
+
 }  // namespace
 }  // namespace invariantd
