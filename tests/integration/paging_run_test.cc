@@ -32,6 +32,7 @@
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "re2/re2.h"
+#include "tests/integration/alertmanager.h"
 #include "tests/integration/child_process.h"
 #include "tests/temp_dir.h"
 
@@ -40,85 +41,6 @@ namespace {
 
 using Json = nlohmann::json;
 namespace fs = std::filesystem;
-
-constexpr char kAlertmanager[] = "/usr/bin/prometheus-alertmanager";
-
-int FreePort() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  a.sin_port = 0;
-  EXPECT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
-  socklen_t len = sizeof(a);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  close(fd);
-  return ntohs(a.sin_port);
-}
-
-bool Poll(const std::function<bool()>& pred, int seconds) {
-  const auto deadline =
-      std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
-  return pred();
-}
-
-std::string Curl(const std::string& args) {
-  std::string out;
-  if (Shell("curl -sf " + args, &out) != 0) return "";
-  return out;
-}
-
-// The real Alertmanager on 127.0.0.1:port with its storage in `storage`.
-class Alertmanager {
- public:
-  Alertmanager(const fs::path& dir, int port, const std::string& storage)
-      : port_(port) {
-    const fs::path config = dir / "alertmanager.yml";
-    std::ofstream(config) << "route:\n  receiver: blackhole\n"
-                             "  group_wait: 1h\nreceivers:\n"
-                             "  - name: blackhole\n";
-    fs::create_directories(storage);
-    child_ = std::make_unique<Child>(std::vector<std::string>{
-        kAlertmanager, "--config.file=" + config.string(),
-        "--storage.path=" + storage,
-        absl::StrCat("--web.listen-address=127.0.0.1:", port),
-        "--cluster.listen-address=", "--log.level=warn"});
-    ready_ = Poll([&] { return !Curl(Url("/-/ready")).empty(); }, 30);
-  }
-  ~Alertmanager() { Stop(); }
-  void Stop() {
-    if (child_) {
-      child_->Signal(SIGTERM);
-      child_->Wait();
-      child_.reset();
-    }
-  }
-  bool ready() const { return ready_; }
-  std::string Url(const std::string& path) const {
-    return absl::StrCat("http://127.0.0.1:", port_, path);
-  }
-  // Active alerts by their `fingerprint` label (invariantd's).
-  std::map<std::string, Json> Alerts() const {
-    std::map<std::string, Json> out;
-    const std::string body = Curl("'" + Url("/api/v2/alerts") + "'");
-    const Json j = Json::parse(body, nullptr, false);
-    if (!j.is_array()) return out;
-    for (const Json& a : j) {
-      out[a["labels"].value("fingerprint", "")] = a;
-    }
-    return out;
-  }
-  std::string err() { return child_ ? child_->err() : ""; }
-
- private:
-  int port_;
-  bool ready_ = false;
-  std::unique_ptr<Child> child_;
-};
 
 class PagingRunTest : public ::testing::Test {
  protected:
@@ -201,7 +123,9 @@ class PagingRunTest : public ::testing::Test {
 constexpr size_t kSampleViolations = 4;
 
 TEST_F(PagingRunTest, AlertmanagerGetsOneAlertPerRuleAndKeyAndSurvivesOutage) {
-  if (!fs::exists(kAlertmanager)) GTEST_SKIP() << "no " << kAlertmanager;
+  if (!fs::exists(kAlertmanagerBinary)) {
+    GTEST_SKIP() << "no " << kAlertmanagerBinary;
+  }
   const int am_port = FreePort();
   auto am = std::make_unique<Alertmanager>(fs::path(dir_.path()), am_port,
                                            dir_.File("am-storage-1"));
