@@ -1,6 +1,8 @@
 #include "sidecar/config.h"
 
 #include <functional>
+#include <string>
+#include <string_view>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -10,6 +12,26 @@
 
 namespace invariantd {
 namespace {
+
+// `url` for a message: userinfo ("user:password@") and whatever follows the
+// host (path, query, fragment: they may hold a token) become "***".
+std::string RedactUrl(std::string_view url) {
+  std::string out;
+  if (const size_t p = url.find("://"); p != std::string_view::npos) {
+    out.append(url.substr(0, p + 3));
+    url.remove_prefix(p + 3);
+  }
+  const size_t end = url.find_first_of("/?#");
+  std::string_view host = url.substr(0, end);
+  if (const size_t at = host.rfind('@'); at != std::string_view::npos) {
+    out += "***@";
+    host.remove_prefix(at + 1);
+  }
+  out.append(host);
+  if (end != std::string_view::npos && url.size() > end + 1) out += "/***";
+  if (end != std::string_view::npos && url.size() == end + 1) out += url[end];
+  return out;
+}
 
 class Reader {
  public:
@@ -233,14 +255,16 @@ absl::Status ValidateRunConfig(const RunConfig& c) {
     errors.push_back("kafka brokers given without a topic");
   }
   static const LazyRE2 kHttpUrl = {R"(https?://[^\s/?#]+(/[^\s]*)?)"};
+  // Sink URLs may carry credentials (user:password@, a token in the path
+  // or query): the messages show them redacted.
   for (const std::string& u : c.alertmanagers) {
     if (!RE2::FullMatch(u, *kHttpUrl)) {
-      errors.push_back(
-          absl::StrCat("alertmanager URL '", u, "' is not an http(s) URL"));
+      errors.push_back(absl::StrCat("alertmanager URL '", RedactUrl(u),
+                                    "' is not an http(s) URL"));
     }
   }
   if (!c.webhook_url.empty() && !RE2::FullMatch(c.webhook_url, *kHttpUrl)) {
-    errors.push_back(absl::StrCat("webhook URL '", c.webhook_url,
+    errors.push_back(absl::StrCat("webhook URL '", RedactUrl(c.webhook_url),
                                   "' is not an http(s) URL"));
   }
   if (!c.webhook_secret_file.empty() && c.webhook_url.empty()) {
@@ -249,7 +273,7 @@ absl::Status ValidateRunConfig(const RunConfig& c) {
   if (!c.alert_external_url.empty() &&
       !RE2::FullMatch(c.alert_external_url, *kHttpUrl)) {
     errors.push_back(absl::StrCat("alerting external_url '",
-                                  c.alert_external_url,
+                                  RedactUrl(c.alert_external_url),
                                   "' is not an http(s) URL"));
   }
   if ((!c.alertmanagers.empty() || !c.webhook_url.empty()) && !c.evidence) {

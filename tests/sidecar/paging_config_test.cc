@@ -83,6 +83,22 @@ TEST(PagingConfigTest, CrossFieldValidation) {
   EXPECT_THAT(msg, HasSubstr("backoff_max_ms is below"));
 }
 
+TEST(PagingConfigTest, InvalidSinkUrlsAreReportedWithoutSecrets) {
+  RunConfig c;
+  c.rules = {"r.yaml"};
+  c.alertmanagers = {"ftp://admin:hunter2@am:9093/api?token=t0k"};
+  c.webhook_url = "https://bot:s3cret@hooks.example.com /services/T0K3N";
+  const std::string msg(ValidateRunConfig(c).message());
+  EXPECT_THAT(msg, HasSubstr("alertmanager URL 'ftp://***@am:9093/***' is "
+                             "not an http(s) URL"));
+  EXPECT_THAT(msg, HasSubstr("webhook URL 'https://***@hooks.example.com "
+                             "/***' is not an http(s) URL"));
+  for (const char* secret : {"admin", "hunter2", "t0k", "bot", "s3cret",
+                             "T0K3N", "services", "api"}) {
+    EXPECT_THAT(msg, ::testing::Not(HasSubstr(secret))) << secret;
+  }
+}
+
 TEST(PagingConfigTest, SinksAreNamedWithoutCredentialsAndReadTheSecret) {
   TempDir dir;
   std::ofstream(dir.File("secret")) << "  s3cret \n";
