@@ -270,7 +270,9 @@ absl::StatusOr<size_t> QueueResolves(sqlite3* db,
     Stmt s(db,
            "SELECT EXISTS(SELECT 1 FROM alerts WHERE resolved = 0 AND"
            " active_until_ms <= ?1) OR EXISTS(SELECT 1 FROM alerts WHERE"
-           " resolved = 1 AND (resolve_queued = 0 OR resolved_ms < ?2))");
+           " resolved = 1 AND (resolve_queued = 0 OR (resolved_ms < ?2 AND"
+           " NOT EXISTS(SELECT 1 FROM outbox"
+           " WHERE outbox.fingerprint = alerts.fingerprint))))");
     if (!s.status().ok()) return s.status();
     s.Bind(1, now_ms);
     s.Bind(2, forget_ms);

@@ -123,7 +123,8 @@ EvidenceStore::TxnFn OutboxHook(OutboxOptions options);
 // (resolved_by "expired"), then queues a "resolved" notification per sink
 // for every flagged alert; deletes resolved alerts older than `forget_ms`
 // that have nothing queued. One short transaction, only when there is
-// something to do. Returns the number of resolves queued.
+// something to do (an old resolved alert with rows left, e.g. for a removed
+// sink, is not). Returns the number of resolves queued.
 absl::StatusOr<size_t> QueueResolves(sqlite3* db,
                                      const std::vector<std::string>& sinks,
                                      int64_t now_ms, int64_t forget_ms);

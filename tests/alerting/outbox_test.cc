@@ -290,6 +290,38 @@ TEST_F(OutboxTest, OperatorResolveThroughItsOwnConnection) {
   EXPECT_EQ(Count(db(), "SELECT count(*) FROM alerts"), 0);
 }
 
+// Issue: resolved alerts whose rows wait for a removed sink kept the
+// pre-check true, so every round took the write lock for nothing.
+TEST_F(OutboxTest, NoTransactionWhenOnlyRowsOfARemovedSinkAreLeft) {
+  Append({Record("a1", "r", "1", 1000)});
+  auto q = QueueResolves(db(), {"am", "gone"}, 1000 + hold_ms_, 0);
+  ASSERT_TRUE(q.ok());
+  ASSERT_EQ(*q, 1u);
+  // "am" and "hook" delivered everything; rows for "gone" stay.
+  ASSERT_EQ(sqlite3_exec(db(), "DELETE FROM outbox WHERE sink != 'gone'",
+                         nullptr, nullptr, nullptr),
+            SQLITE_OK);
+  int begins = 0;
+  sqlite3_trace_v2(
+      db(), SQLITE_TRACE_STMT,
+      [](unsigned, void* ctx, void*, void* x) {
+        const char* sql = static_cast<const char*>(x);
+        if (std::string_view(sql).starts_with("BEGIN")) {
+          ++*static_cast<int*>(ctx);
+        }
+        return 0;
+      },
+      &begins);
+  for (int i = 0; i < 3; ++i) {
+    q = QueueResolves(db(), {"am"}, 1'000'000 + i, /*forget_ms=*/500'000);
+    ASSERT_TRUE(q.ok());
+    EXPECT_EQ(*q, 0u);
+  }
+  sqlite3_trace_v2(db(), 0, nullptr, nullptr);
+  EXPECT_EQ(begins, 0);
+  EXPECT_EQ(Count(db(), "SELECT count(*) FROM alerts"), 1);  // rows left
+}
+
 // The pager against a scripted endpoint.
 struct FakeEndpoint {
   struct Call {
