@@ -351,6 +351,18 @@ absl::Status Engine::RestoreState(std::string_view in,
   return absl::OkStatus();
 }
 
+void Engine::ResetRules(const std::vector<std::string>& names) {
+  const std::vector<Rule>& rules = rules_->rules();
+  const size_t shards = options_.shards == 0 ? 1 : options_.shards;
+  for (size_t i = 0; i < rules.size(); ++i) {
+    if (std::find(names.begin(), names.end(), rules[i].name) == names.end()) {
+      continue;
+    }
+    states_[i] = rules[i].config->NewState(
+        (rules[i].max_keys + shards - 1) / shards, rules[i].overflow);
+  }
+}
+
 std::vector<RuleStats> Engine::Stats() const {
   std::vector<RuleStats> out;
   const std::vector<Rule>& rules = rules_->rules();

@@ -127,6 +127,11 @@ class Engine {
                             std::vector<std::string>* skipped,
                             std::vector<std::string>* discarded);
 
+  // Empties the state of the named rules (e.g. one whose image was
+  // unreadable on another worker: a rule is restored everywhere or
+  // nowhere).
+  void ResetRules(const std::vector<std::string>& names);
+
   uint64_t events() const { return events_; }
   uint64_t redelivered_events() const { return redelivered_; }
   std::vector<RuleStats> Stats() const;

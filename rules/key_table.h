@@ -163,31 +163,51 @@ class KeyTable {
 
   // Change tracking, for incremental checkpoints. From TrackChanges() on,
   // the table remembers every key it inserts, touches (FindOrInsert) or
-  // erases; DrainChanges(f) calls f(key, state) once for each such key --
-  // state null when the key is no longer present -- and starts a new
-  // interval. Costs one comparison per lookup and 16 bytes per key changed
-  // in an interval.
+  // erases; DrainChanges(f) calls f(key, state) for each such key -- state
+  // null when the key is no longer present -- and starts a new interval.
+  // Costs one comparison per lookup and 16 bytes per key first changed in
+  // an interval. When more keys changed than a sequential pass over the
+  // slots costs (a quarter of the capacity), the drain scans the arrays for
+  // slots touched since the last drain instead of looking each key up.
   void TrackChanges() {
     track_ = true;
     changed_.clear();
+    erased_.clear();
     mark_ = clock_;
   }
   template <typename F>
   void DrainChanges(F&& f) {
-    std::sort(changed_.begin(), changed_.end(),
-              [](const Hash128& a, const Hash128& b) {
-                return a.hi != b.hi ? a.hi < b.hi : a.lo < b.lo;
-              });
-    changed_.erase(std::unique(changed_.begin(), changed_.end()),
-                   changed_.end());
-    for (const Hash128& k : changed_) {
-      const State* s = Find(k);
-      f(k, s);
+    auto by_key = [](const Hash128& a, const Hash128& b) {
+      return a.hi != b.hi ? a.hi < b.hi : a.lo < b.lo;
+    };
+    if (changed_.size() * 4 > cur_.capacity() + old_.capacity()) {
+      for (const Array* a : {&old_, &cur_}) {
+        for (size_t i = 0; i < a->capacity(); ++i) {
+          if (!a->Empty(i) && a->at(i).touch > mark_) {
+            f(a->at(i).key, a->state(i));
+          }
+        }
+      }
+      std::sort(erased_.begin(), erased_.end(), by_key);
+      erased_.erase(std::unique(erased_.begin(), erased_.end()), erased_.end());
+      for (const Hash128& k : erased_) {
+        if (Find(k) == nullptr) f(k, static_cast<const State*>(nullptr));
+      }
+    } else {
+      changed_.insert(changed_.end(), erased_.begin(), erased_.end());
+      std::sort(changed_.begin(), changed_.end(), by_key);
+      changed_.erase(std::unique(changed_.begin(), changed_.end()),
+                     changed_.end());
+      for (const Hash128& k : changed_) {
+        const State* s = Find(k);
+        f(k, s);
+      }
     }
     changed_.clear();
+    erased_.clear();
     mark_ = clock_;
   }
-  size_t pending_changes() const { return changed_.size(); }
+  size_t pending_changes() const { return changed_.size() + erased_.size(); }
 
   size_t size() const { return size_; }
   // Heap owned by the live states (see HeapOf).
@@ -414,7 +434,7 @@ class KeyTable {
   }
 
   void Remove(Array* a, size_t i) {
-    if (track_) changed_.push_back(a->at(i).key);
+    if (track_) erased_.push_back(a->at(i).key);
     heap_bytes_ -= HeapOf()(*a->state(i));
     a->EraseAt(i);
     --size_;
@@ -522,8 +542,9 @@ class KeyTable {
   size_t incremental_from_bytes_;
   uint64_t clock_ = 0;
   bool track_ = false;
-  uint64_t mark_ = 0;  // clock_ at the last DrainChanges
-  std::vector<Hash128> changed_;
+  uint64_t mark_ = 0;             // clock_ at the last DrainChanges
+  std::vector<Hash128> changed_;  // inserted or first touched
+  std::vector<Hash128> erased_;
   uint64_t rng_ = 0x1f2e3d4c5b6a7988ULL;
   uint64_t evicted_ = 0;
   uint64_t rejected_ = 0;

@@ -1,6 +1,7 @@
 #include "sidecar/app.h"
 
 #include <signal.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -184,7 +185,9 @@ absl::Status App::Start() {
   // stored id) are printed and counted.
   if (config_.evidence) {
     s_->evidence_path = EvidencePath(config_.data_dir);
-    auto store = EvidenceStore::Open(s_->evidence_path);
+    auto store = EvidenceStore::Open(s_->evidence_path, /*read_only=*/false,
+                                     /*busy_timeout_ms=*/5000,
+                                     /*check_pages=*/true);
     if (!store.ok()) {
       return absl::Status(
           store.status().code(),
@@ -274,6 +277,9 @@ absl::Status App::Start() {
     };
     popts.checkpoint_interval =
         std::chrono::milliseconds(config_.evidence_state_interval_ms);
+    popts.uncommitted_checkpoints = [s] {
+      return s->evidence->UncommittedCheckpoints();
+    };
   }
   auto pipeline =
       Pipeline::Create(s_->rules, popts, [s, to_stdout](const Violation& v) {
@@ -462,8 +468,17 @@ absl::Status App::Start() {
     topts.max_line_bytes = config_.max_line_bytes;
     s_->tailer = std::make_unique<FileTailer>(
         topts, s_->pipeline.get(),
-        [](std::string_view event, std::string_view path,
-           std::string_view detail) {
+        [s](std::string_view event, std::string_view path,
+            std::string_view detail) {
+          // A file truncated or replaced under its saved position: its
+          // records are new, not to be skipped against the checkpoint.
+          struct stat st;
+          if (event == "truncated" &&
+              ::stat(std::string(path).c_str(), &st) == 0) {
+            s->pipeline->ForgetPosition(
+                FileStreamId(static_cast<uint64_t>(st.st_dev),
+                             static_cast<uint64_t>(st.st_ino)));
+          }
           Log(LogLevel::kInfo, "tail",
               {{"event", std::string(event)},
                {"path", std::string(path)},

@@ -63,7 +63,13 @@ void EvidenceWriter::SubmitCheckpoint(uint64_t epoch,
   item.checkpoint = std::move(checkpoint);
   pending_.push_back(std::move(item));
   ++submitted_;
+  ++checkpoints_pending_;
   work_cv_.notify_one();
+}
+
+size_t EvidenceWriter::UncommittedCheckpoints() const {
+  std::lock_guard<std::mutex> l(mu_);
+  return checkpoints_pending_;
 }
 
 void EvidenceWriter::WhenCheckpointed(uint64_t epoch,
@@ -182,6 +188,7 @@ void EvidenceWriter::Run() {
     committed_ += n;
     if (checkpoints > 0) {
       stats_.checkpoints += checkpoints;
+      checkpoints_pending_ -= checkpoints;
       durable_epoch_ = std::max(durable_epoch_, epoch);
       stats_.checkpoint_epoch = durable_epoch_;
       while (!ckpt_waiting_.empty() &&

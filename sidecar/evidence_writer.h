@@ -99,6 +99,8 @@ class EvidenceWriter {
 
   EvidenceWriterStats Stats() const;
   bool healthy() const;
+  // Checkpoints submitted and not yet committed.
+  size_t UncommittedCheckpoints() const;
 
  private:
   struct Item {
@@ -128,6 +130,7 @@ class EvidenceWriter {
   std::map<uint64_t, std::vector<std::function<void()>>> ckpt_waiting_
       ABSL_GUARDED_BY(mu_);
   uint64_t durable_epoch_ ABSL_GUARDED_BY(mu_) = 0;
+  size_t checkpoints_pending_ ABSL_GUARDED_BY(mu_) = 0;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::chrono::steady_clock::time_point deadline_ ABSL_GUARDED_BY(mu_);
   EvidenceWriterStats stats_ ABSL_GUARDED_BY(mu_);

@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstring>
 #include <future>
+#include <thread>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -56,6 +57,7 @@ struct Pipeline::Marker {
   uint64_t epoch = 0;
   StateCheckpoint checkpoint;
   std::atomic<int> remaining{0};
+  std::atomic<int64_t> save_ns{0};  // the slowest part's
 };
 
 struct Pipeline::Worker {
@@ -148,6 +150,7 @@ void Pipeline::Start() {
 void Pipeline::Stop() {
   if (!started_ || stopped_) return;
   stopped_ = true;
+  stopping_.store(true);
   admission_.Close();
   dispatcher_.join();  // drains admission, then closes worker queues
   for (auto& w : workers_) w->thread.join();
@@ -218,11 +221,42 @@ void Pipeline::DispatchLoop() {
   std::vector<std::vector<Work*>> outbox(workers_.size());
   std::vector<Work*> done;
   bool drained = false;
-  while (admission_.PopBatch(&batch, 256, &drained)) {
+  // Markers: at most every `load_gap` while records flow, and when the
+  // input goes idle no sooner than `idle_gap` after the last one (a few
+  // milliseconds: acknowledgements stay prompt at low rates, and a steady
+  // trickle does not cost one checkpoint per batch). Both grow with the
+  // time the last checkpoint took, so checkpoints stay a small share of
+  // the work whatever the state size.
+  auto gaps = [&] {
+    const auto save =
+        std::chrono::nanoseconds(last_save_ns_.load(std::memory_order_relaxed));
+    const auto idle = std::max<std::chrono::steady_clock::duration>(
+        std::chrono::milliseconds(2), 4 * save);
+    const auto load = std::max<std::chrono::steady_clock::duration>(
+        options_.checkpoint_interval, 20 * save);
+    return std::make_pair(idle, load);
+  };
+  while (true) {
+    // A store that cannot commit holds evaluation back (bounded memory).
+    while (options_.uncommitted_checkpoints &&
+           options_.uncommitted_checkpoints() >=
+               options_.max_uncommitted_checkpoints &&
+           !stopping_.load(std::memory_order_relaxed)) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    bool ok;
+    if (options_.on_checkpoint && since_marker_ > 0) {
+      ok = admission_.PopBatchUntil(&batch, 256, last_marker_ + gaps().first,
+                                    &drained);
+    } else {
+      ok = admission_.PopBatch(&batch, 256, &drained);
+    }
+    if (!ok) break;
     std::lock_guard<std::mutex> l(dispatch_mu_);
     for (Record& r : batch) {
       // After a restart: records already in the restored state.
-      if (!restored_positions_.empty() && AlreadyCheckpointed(r)) {
+      if (has_restored_.load(std::memory_order_relaxed) &&
+          AlreadyCheckpointed(r)) {
         ++dispatch_.redelivered[r.kind < 3 ? r.kind : 0];
         if (r.acker != nullptr) r.acker->Processed(r.ack_seq);
         continue;
@@ -239,9 +273,9 @@ void Pipeline::DispatchLoop() {
       }
     }
     const auto now = std::chrono::steady_clock::now();
-    if (options_.on_checkpoint && since_marker_ > 0 &&
-        (drained || now - last_marker_ >= options_.checkpoint_interval)) {
-      EmitMarker();
+    if (options_.on_checkpoint && since_marker_ > 0) {
+      const auto [idle, load] = gaps();
+      if (now - last_marker_ >= (drained ? idle : load)) EmitMarker();
     }
     if (drained ||
         now - last_dispatch_publish_ > std::chrono::milliseconds(100)) {
@@ -324,7 +358,18 @@ void Pipeline::Dispatch(Record record,
   const int kind = w.record.kind < 3 ? w.record.kind : 0;
   if (router_->IsRedelivery(w.prepared.identity)) {
     ++dispatch_.redelivered[kind];
-    if (w.record.acker != nullptr) w.record.acker->Processed(w.record.ack_seq);
+    if (w.record.acker != nullptr) {
+      if (options_.ack_gate) {
+        // Its first copy may not be durable yet: acknowledge it with the
+        // checkpoint that covers the records dispatched so far.
+        Acker* acker = w.record.acker;
+        const uint64_t seq = w.record.ack_seq;
+        options_.ack_gate(epoch_, [acker, seq] { acker->Processed(seq); });
+        if (options_.on_checkpoint) ++since_marker_;
+      } else {
+        w.record.acker->Processed(w.record.ack_seq);
+      }
+    }
     local_pool_.push_back(&w);
     return;
   }
@@ -479,7 +524,23 @@ void Pipeline::EmitMarker() {
   c.workers = static_cast<int>(workers_.size());
   c.ruleset_digest = router_->rules().digest().Hex();
   c.parts.resize(workers_.size() + 1);
+  const auto t0 = std::chrono::steady_clock::now();
   router_->SaveState(full, &c.parts[0]);
+  m->save_ns.store((std::chrono::steady_clock::now() - t0).count(),
+                   std::memory_order_relaxed);
+  // Streams quiet for 10 minutes are done (rotated away or deleted; their
+  // records were acknowledged long ago): dropped, so that a file reusing
+  // the inode is not skipped against them.
+  const auto now = std::chrono::steady_clock::now();
+  for (auto it = stream_seen_.begin(); it != stream_seen_.end();) {
+    if (now - it->second > std::chrono::minutes(10)) {
+      positions_.erase(it->first);
+      it = stream_seen_.erase(it);
+      last_position_ = nullptr;
+    } else {
+      ++it;
+    }
+  }
   c.positions.assign(positions_.begin(), positions_.end());
   m->remaining.store(static_cast<int>(workers_.size()),
                      std::memory_order_relaxed);
@@ -494,9 +555,16 @@ void Pipeline::EmitMarker() {
 }
 
 void Pipeline::SaveAtMarker(Worker* w, Marker* m) {
+  const auto t0 = std::chrono::steady_clock::now();
   w->engine->SaveState(m->checkpoint.full,
                        &m->checkpoint.parts[static_cast<size_t>(w->index) + 1]);
+  const int64_t ns = (std::chrono::steady_clock::now() - t0).count();
+  int64_t prev = m->save_ns.load(std::memory_order_relaxed);
+  while (ns > prev && !m->save_ns.compare_exchange_weak(prev, ns)) {
+  }
   if (m->remaining.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+  last_save_ns_.store(m->save_ns.load(std::memory_order_relaxed),
+                      std::memory_order_relaxed);
   uint64_t bytes = 0;
   for (const std::string& p : m->checkpoint.parts) bytes += p.size();
   if (m->checkpoint.full) {
@@ -531,8 +599,10 @@ void Pipeline::NotePosition(const Record& r) {
     *last_position_ = r.offset;
     return;
   }
-  last_position_ = &positions_[StreamOf(r)];
+  const std::string stream = StreamOf(r);
+  last_position_ = &positions_[stream];
   *last_position_ = r.offset;
+  stream_seen_[stream] = std::chrono::steady_clock::now();
   last_stream_ = r.stream;
   if (r.kind == 0) {
     last_source_.clear();
@@ -543,11 +613,19 @@ void Pipeline::NotePosition(const Record& r) {
 
 bool Pipeline::AlreadyCheckpointed(const Record& r) {
   if (r.kind == 1) return false;
+  std::lock_guard<std::mutex> l(restored_mu_);
   auto it = restored_positions_.find(StreamOf(r));
   if (it == restored_positions_.end()) return false;
   if (r.offset <= it->second) return true;
   restored_positions_.erase(it);  // the stream is past it: stop checking
+  if (restored_positions_.empty()) has_restored_.store(false);
   return false;
+}
+
+void Pipeline::ForgetPosition(uint64_t stream) {
+  std::lock_guard<std::mutex> l(restored_mu_);
+  restored_positions_.erase(absl::StrCat("file:", stream));
+  if (restored_positions_.empty()) has_restored_.store(false);
 }
 
 Pipeline::RestoreReport Pipeline::Restore(const StoredState& state) {
@@ -587,9 +665,20 @@ Pipeline::RestoreReport Pipeline::Restore(const StoredState& state) {
     report.discarded.clear();
     return report;
   }
-  for (const auto& [stream, offset] : state.positions) {
-    restored_positions_[stream] = offset;
-    positions_[stream] = offset;
+  {
+    std::lock_guard<std::mutex> l(restored_mu_);
+    const auto now = std::chrono::steady_clock::now();
+    for (const auto& [stream, offset] : state.positions) {
+      restored_positions_[stream] = offset;
+      positions_[stream] = offset;
+      stream_seen_[stream] = now;
+    }
+    has_restored_.store(!restored_positions_.empty());
+  }
+  if (!report.discarded.empty()) {
+    // Unreadable on one worker: empty on all, not half restored.
+    router_->ResetRules(report.discarded);
+    for (auto& w : workers_) w->engine->ResetRules(report.discarded);
   }
   report.positions = state.positions.size();
   report.restored = true;

@@ -104,6 +104,27 @@ class BoundedQueue {
     if (was_full) not_full_.notify_all();
     return true;
   }
+  // PopBatch that gives up at `deadline`: true with nothing moved when it
+  // passes first (*drained is then true).
+  bool PopBatchUntil(std::vector<T>* out, size_t max,
+                     std::chrono::steady_clock::time_point deadline,
+                     bool* drained) {
+    std::unique_lock<std::mutex> l(mu_);
+    not_empty_.wait_until(l, deadline,
+                          [&] { return closed_ || !items_.empty(); });
+    if (items_.empty()) {
+      *drained = true;
+      return !closed_;
+    }
+    const bool was_full = items_.size() >= capacity_;
+    while (!items_.empty() && out->size() < max) {
+      out->push_back(std::move(items_.front()));
+      items_.pop_front();
+    }
+    *drained = items_.empty();
+    if (was_full) not_full_.notify_all();
+    return true;
+  }
   // No more pushes; poppers drain what is queued, then see the end.
   void Close() {
     std::lock_guard<std::mutex> l(mu_);
@@ -154,6 +175,12 @@ struct PipelineOptions {
   // last full one outgrow it, is full.
   std::function<void(uint64_t epoch, StateCheckpoint)> on_checkpoint;
   std::chrono::milliseconds checkpoint_interval{100};
+  // Checkpoints handed over and not yet committed (optional). While it is
+  // at max_uncommitted_checkpoints the dispatcher holds back, so that a
+  // store that cannot commit (disk full) stops evaluation and, through the
+  // full admission queue, the sources: memory stays bounded.
+  std::function<size_t()> uncommitted_checkpoints;
+  size_t max_uncommitted_checkpoints = 4;
   std::optional<DecoderOptions> decoder;  // default: the rule set's input
   EngineOptions engine;
 };
@@ -222,6 +249,10 @@ class Pipeline : public RecordSink {
     size_t positions = 0;
   };
   RestoreReport Restore(const StoredState& state);
+  // A file's content at its stored position is not what the checkpoint
+  // saw (the tailer found it truncated or replaced): its records are no
+  // longer skipped against the restored position. Thread-safe.
+  void ForgetPosition(uint64_t stream);
 
   PipelineStats Stats() const;
   // Per-rule counters as last published by the workers (at most ~0.5 s
@@ -290,6 +321,7 @@ class Pipeline : public RecordSink {
   std::thread dispatcher_;
   bool started_ = false;
   bool stopped_ = false;
+  std::atomic<bool> stopping_{false};
 
   // Work items are recycled: each keeps the capacity of its buffers, so the
   // steady state allocates nothing per event.
@@ -328,8 +360,19 @@ class Pipeline : public RecordSink {
   uint64_t* last_position_ = nullptr;
   uint64_t last_stream_ = 0;
   std::string last_source_;
-  // Restored positions not yet passed by their stream.
-  std::map<std::string, uint64_t> restored_positions_;
+  // Restored positions not yet passed by their stream; checked by the
+  // dispatcher while any are left, forgotten by ForgetPosition.
+  std::mutex restored_mu_;
+  std::map<std::string, uint64_t> restored_positions_
+      ABSL_GUARDED_BY(restored_mu_);
+  std::atomic<bool> has_restored_{false};
+  // When each stream of positions_ last advanced: streams quiet for long
+  // (rotated away, deleted) are dropped from checkpoints, so that a reused
+  // inode is not mistaken for them.
+  std::map<std::string, std::chrono::steady_clock::time_point> stream_seen_;
+  // How long the workers took to write the last checkpoint's images (the
+  // slowest): markers are spaced so that this stays a small share.
+  std::atomic<int64_t> last_save_ns_{0};
 };
 
 }  // namespace invariantd

@@ -34,12 +34,14 @@ class Stmt {
         absl::StrCat("sqlite prepare: ", sqlite3_errmsg(db_)));
   }
   void Bind(int i, std::string_view text) {
-    sqlite3_bind_text(stmt_, i, text.data(), static_cast<int>(text.size()),
-                      SQLITE_TRANSIENT);
+    sqlite3_bind_text64(stmt_, i, text.data(),
+                        static_cast<sqlite3_uint64>(text.size()),
+                        SQLITE_TRANSIENT, SQLITE_UTF8);
   }
   void BindBlob(int i, std::string_view bytes) {
-    sqlite3_bind_blob(stmt_, i, bytes.data(), static_cast<int>(bytes.size()),
-                      SQLITE_TRANSIENT);
+    sqlite3_bind_blob64(stmt_, i, bytes.data(),
+                        static_cast<sqlite3_uint64>(bytes.size()),
+                        SQLITE_TRANSIENT);
   }
   void Bind(int i, int64_t v) { sqlite3_bind_int64(stmt_, i, v); }
   void BindU(int i, uint64_t v) {
@@ -188,7 +190,8 @@ EvidenceStore::EvidenceStore(sqlite3* db, bool read_only)
 EvidenceStore::~EvidenceStore() { sqlite3_close_v2(db_); }
 
 absl::StatusOr<std::unique_ptr<EvidenceStore>> EvidenceStore::Open(
-    const std::string& path, bool read_only, int busy_timeout_ms) {
+    const std::string& path, bool read_only, int busy_timeout_ms,
+    bool check_pages) {
   sqlite3* db = nullptr;
   const int flags = (read_only ? SQLITE_OPEN_READONLY
                                : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE) |
@@ -201,6 +204,7 @@ absl::StatusOr<std::unique_ptr<EvidenceStore>> EvidenceStore::Open(
         absl::StrCat("evidence store ", path, ": cannot open: ", msg));
   }
   std::unique_ptr<EvidenceStore> store(new EvidenceStore(db, read_only));
+  store->check_ = check_pages && !read_only;
   sqlite3_busy_timeout(db, busy_timeout_ms);
   if (absl::Status s = store->Init(); !s.ok()) {
     return absl::Status(
@@ -302,8 +306,9 @@ absl::Status EvidenceStore::Init() {
     // A structural check of every page (b-trees, free lists), so that a
     // torn or truncated file is refused at start rather than failing at
     // the first commit that touches the damage. Content edits are the hash
-    // chain's (Verify) and the state images' checksums' to find.
-    {
+    // chain's (Verify) and the state images' checksums' to find. It reads
+    // the whole file: done when the daemon starts, not on every open.
+    if (check_) {
       Stmt s(db_, "PRAGMA quick_check(1)");
       if (!s.status().ok()) return SqlError(db_, "checking the database");
       const int rc = s.Step();
@@ -322,8 +327,9 @@ absl::Status EvidenceStore::Init() {
     for (const char* sql : {
              "CREATE TABLE IF NOT EXISTS state_image("
              " seq INTEGER NOT NULL, part INTEGER NOT NULL,"
-             " full INTEGER NOT NULL, data BLOB NOT NULL,"
-             " checksum INTEGER NOT NULL, PRIMARY KEY(seq, part))",
+             " chunk INTEGER NOT NULL, full INTEGER NOT NULL,"
+             " data BLOB NOT NULL, checksum INTEGER NOT NULL,"
+             " PRIMARY KEY(seq, part, chunk))",
              "CREATE TABLE IF NOT EXISTS state_meta("
              " one INTEGER PRIMARY KEY CHECK(one = 1),"
              " workers INTEGER NOT NULL, ruleset_digest TEXT NOT NULL)",
@@ -336,7 +342,8 @@ absl::Status EvidenceStore::Init() {
   return LoadHead();
 }
 
-absl::Status EvidenceStore::WriteState(sqlite3* db, const StateCheckpoint& c) {
+absl::Status EvidenceStore::WriteState(sqlite3* db, const StateCheckpoint& c,
+                                       size_t chunk_bytes) {
   if (c.full) {
     for (const char* sql : {"DELETE FROM state_image", "DELETE FROM state_meta",
                             "DELETE FROM state_position"}) {
@@ -356,18 +363,31 @@ absl::Status EvidenceStore::WriteState(sqlite3* db, const StateCheckpoint& c) {
     }
     seq = next.U(0);
   }
-  Stmt ins(db, "INSERT INTO state_image VALUES(?1, ?2, ?3, ?4, ?5)");
+  // An image is stored in chunks of at most chunk_bytes (SQLite's blob
+  // limit is 1e9 bytes).
+  Stmt ins(db, "INSERT INTO state_image VALUES(?1, ?2, ?3, ?4, ?5, ?6)");
   if (!ins.status().ok()) return ins.status();
   for (size_t part = 0; part < c.parts.size(); ++part) {
-    ins.BindU(1, seq);
-    ins.BindU(2, part);
-    ins.Bind(3, int64_t{c.full ? 1 : 0});
-    ins.BindBlob(4, c.parts[part]);
-    ins.BindU(5, XXH3_64bits(c.parts[part].data(), c.parts[part].size()));
-    if (ins.Step() != SQLITE_DONE) return SqlError(db, "writing rule state");
-    ins.Reset();
+    const std::string_view data = c.parts[part];
+    size_t chunk = 0;
+    for (size_t at = 0; at < data.size() || chunk == 0; ++chunk) {
+      const std::string_view piece = data.substr(at, chunk_bytes);
+      at += piece.size();
+      ins.BindU(1, seq);
+      ins.BindU(2, part);
+      ins.BindU(3, chunk);
+      ins.Bind(4, int64_t{c.full ? 1 : 0});
+      ins.BindBlob(4 + 1, piece);
+      ins.BindU(6, XXH3_64bits(piece.data(), piece.size()));
+      if (ins.Step() != SQLITE_DONE) return SqlError(db, "writing rule state");
+      ins.Reset();
+    }
   }
-  Stmt pos(db, "INSERT OR REPLACE INTO state_position VALUES(?1, ?2)");
+  // Positions: replaced as a whole (streams that ended are dropped).
+  if (absl::Status e = Exec(db, "DELETE FROM state_position"); !e.ok()) {
+    return e;
+  }
+  Stmt pos(db, "INSERT INTO state_position VALUES(?1, ?2)");
   if (!pos.status().ok()) return pos.status();
   for (const auto& [stream, offset] : c.positions) {
     pos.Bind(1, stream);
@@ -391,31 +411,47 @@ absl::StatusOr<std::optional<StoredState>> EvidenceStore::LoadState() {
   }
   out.parts.resize(static_cast<size_t>(out.workers) + 1);
   Stmt img(db_,
-           "SELECT seq, part, full, data, checksum FROM state_image"
-           " ORDER BY seq, part");
+           "SELECT seq, part, chunk, full, data, checksum FROM state_image"
+           " ORDER BY seq, part, chunk");
   if (!img.status().ok()) return SqlError(db_, "reading rule state");
   bool first = true;
   int rc;
+  uint64_t last_seq = 0, last_part = 0, last_chunk = 0;
   while ((rc = img.Step()) == SQLITE_ROW) {
     const uint64_t seq = img.U(0);
     const uint64_t part = img.U(1);
-    std::string data = img.Text(3);
-    if (XXH3_64bits(data.data(), data.size()) != img.U(4)) {
-      return absl::DataLossError(absl::StrCat(
-          "rule state image ", seq, " part ", part, " fails its checksum"));
+    const uint64_t chunk = img.U(2);
+    std::string data = img.Text(4);
+    if (XXH3_64bits(data.data(), data.size()) != img.U(5)) {
+      return absl::DataLossError(absl::StrCat("rule state image ", seq,
+                                              " part ", part, " chunk ", chunk,
+                                              " fails its checksum"));
     }
     if (part >= out.parts.size()) {
       return absl::DataLossError(absl::StrCat("rule state image ", seq,
                                               " has an unknown part ", part));
     }
-    if (first && img.Int(2) == 0) {
+    if (first && img.Int(3) == 0) {
       return absl::DataLossError(
           "the rule state starts with a change image, not a full one");
     }
+    const bool continues = !first && seq == last_seq && part == last_part &&
+                           chunk > 0 && chunk == last_chunk + 1;
+    if (chunk > 0 && !continues) {
+      return absl::DataLossError(absl::StrCat(
+          "rule state image ", seq, " part ", part, " misses a chunk"));
+    }
     first = false;
     out.bytes += data.size();
-    ++out.images;
-    out.parts[part].push_back(std::move(data));
+    if (continues) {
+      out.parts[part].back().append(data);
+    } else {
+      ++out.images;
+      out.parts[part].push_back(std::move(data));
+    }
+    last_seq = seq;
+    last_part = part;
+    last_chunk = chunk;
   }
   if (rc != SQLITE_DONE) return SqlError(db_, "reading rule state");
   Stmt pos(db_, "SELECT stream, last_offset FROM state_position");

@@ -130,9 +130,12 @@ class EvidenceStore {
   // database is refused with a message that says which.
   // `busy_timeout_ms`: how long a statement waits for another connection's
   // lock before failing (SQLITE_BUSY: Unavailable).
+  // `check_pages` (writable only): first run SQLite's structural check of
+  // every page (PRAGMA quick_check; reads the whole file), refusing a torn
+  // or truncated database with DataLoss -- what the daemon does at start.
   static absl::StatusOr<std::unique_ptr<EvidenceStore>> Open(
       const std::string& path, bool read_only = false,
-      int busy_timeout_ms = 5000);
+      int busy_timeout_ms = 5000, bool check_pages = false);
   ~EvidenceStore();
   EvidenceStore(const EvidenceStore&) = delete;
   EvidenceStore& operator=(const EvidenceStore&) = delete;
@@ -162,7 +165,9 @@ class EvidenceStore {
   // (as `extra`) so that it commits together with the evidence. A full
   // checkpoint replaces the stored state; a change image is added after
   // it. Every image carries a checksum.
-  static absl::Status WriteState(sqlite3* db, const StateCheckpoint& c);
+  // Images are stored in rows of at most `chunk_bytes`.
+  static absl::Status WriteState(sqlite3* db, const StateCheckpoint& c,
+                                 size_t chunk_bytes = size_t{64} << 20);
   // The stored checkpoint (nullopt when there is none). DataLoss when an
   // image fails its checksum or the sequence is not a full image followed
   // by changes.
@@ -195,6 +200,7 @@ class EvidenceStore {
 
   sqlite3* db_;
   bool read_only_;
+  bool check_ = false;
   std::vector<TxnFn> hooks_;
   uint64_t head_seq_ = 0;
   std::string head_hash_;  // hex

@@ -573,7 +573,7 @@ FileTailer::PassResult FileTailer::ReadLines(OpenFile& f, bool final) {
       consumed = line.length + (line.no_newline ? 0 : 1);
     }
     r.source = f.path;
-    r.stream = (f.dev * 0x9E3779B97F4A7C15ULL) ^ f.ino;  // this inode
+    r.stream = FileStreamId(f.dev, f.ino);  // this inode
     r.line = f.line + 1;
     r.offset = f.offset;
     f.offset += consumed;

@@ -128,6 +128,11 @@ struct TailPosition {
   friend bool operator==(const TailPosition&, const TailPosition&) = default;
 };
 
+// The `stream` of a file's records (Record::stream): its (device, inode).
+inline uint64_t FileStreamId(uint64_t dev, uint64_t ino) {
+  return (dev * 0x9E3779B97F4A7C15ULL) ^ ino;
+}
+
 struct TailerOptions {
   std::vector<std::string> globs;
   // Period of glob expansion and growth checks (the correctness guarantee).

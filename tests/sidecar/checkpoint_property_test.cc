@@ -318,5 +318,47 @@ TEST(CheckpointTest, StoreDetectsAFlippedBitInAnImage) {
   EXPECT_NE(bad.status().message().find("checksum"), std::string::npos);
 }
 
+// Images larger than a row are split into chunks and joined on load, in
+// order; the sequence full, changes, full keeps only the last full one.
+TEST(CheckpointTest, StoreChunksLargeImagesAndKeepsTheLatestBase) {
+  TempDir dir;
+  auto store = EvidenceStore::Open(dir.path() + "/evidence.db");
+  ASSERT_TRUE(store.ok());
+  auto write = [&](bool full, std::string a, std::string b) {
+    StateCheckpoint c;
+    c.full = full;
+    c.workers = 1;
+    c.parts = {std::move(a), std::move(b)};
+    c.positions = {{"file:9", full ? 5u : 7u}};
+    std::vector<EvidenceRecord> none;
+    ASSERT_TRUE((*store)
+                    ->Append(&none,
+                             [&](sqlite3* db, const auto&) {
+                               return EvidenceStore::WriteState(
+                                   db, c, /*chunk_bytes=*/7);
+                             })
+                    .ok());
+  };
+  write(true, "old-base-window", "old-base-worker");
+  write(true, "base-window-0123456789", "");
+  write(false, "delta-window", "delta-worker-abcdefghijklmnop");
+  auto st = (*store)->LoadState();
+  ASSERT_TRUE(st.ok()) << st.status();
+  ASSERT_TRUE(st->has_value());
+  EXPECT_EQ((*st)->parts[0], (std::vector<std::string>{"base-window-0123456789",
+                                                       "delta-window"}));
+  EXPECT_EQ((*st)->parts[1],
+            (std::vector<std::string>{"", "delta-worker-abcdefghijklmnop"}));
+  EXPECT_EQ((*st)->positions,
+            (std::vector<std::pair<std::string, uint64_t>>{{"file:9", 7}}));
+  // A lost middle chunk is found.
+  ASSERT_EQ(sqlite3_exec((*store)->db(),
+                         "DELETE FROM state_image WHERE part = 1 AND chunk = 2",
+                         nullptr, nullptr, nullptr),
+            SQLITE_OK);
+  auto bad = (*store)->LoadState();
+  EXPECT_FALSE(bad.ok());
+}
+
 }  // namespace
 }  // namespace invariantd
