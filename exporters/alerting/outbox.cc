@@ -71,12 +71,29 @@ absl::Status CreateAlertingSchema(sqlite3* db) {
                            ", newer than this invariantd reads (",
                            kAlertingSchemaVersion, ")"));
         }
+        if (v.Int(0) == kAlertingSchemaVersion) return absl::OkStatus();
+        v.Finalize();
+        s.Finalize();
+        // Version 1 -> 2: the delivery id of a webhook delivery is fixed on
+        // its rows at the first attempt; the queue is read in id order per
+        // sink (the (sink, next_attempt_ms) index made every batch a sort).
+        for (const char* sql : {
+                 "ALTER TABLE outbox ADD COLUMN delivery TEXT NOT NULL"
+                 " DEFAULT ''",
+                 "DROP INDEX IF EXISTS outbox_due",
+                 "CREATE INDEX outbox_sink_id ON outbox(sink, id)",
+                 "CREATE INDEX outbox_delivery ON outbox(sink, delivery)"
+                 " WHERE delivery != ''",
+                 "UPDATE alerting_meta SET version = 2",
+             }) {
+          if (absl::Status st = Exec(db, sql); !st.ok()) return st;
+        }
         return absl::OkStatus();
       }
     }
     for (const char* sql : {
              "CREATE TABLE alerting_meta(version INTEGER NOT NULL)",
-             "INSERT INTO alerting_meta VALUES(1)",
+             "INSERT INTO alerting_meta VALUES(2)",
              "CREATE TABLE alerts("
              " fingerprint TEXT PRIMARY KEY, rule TEXT NOT NULL,"
              " key_json TEXT NOT NULL, labels_json TEXT NOT NULL,"
@@ -96,8 +113,11 @@ absl::Status CreateAlertingSchema(sqlite3* db) {
              " created_ms INTEGER NOT NULL,"
              " attempts INTEGER NOT NULL DEFAULT 0,"
              " next_attempt_ms INTEGER NOT NULL DEFAULT 0,"
-             " last_error TEXT NOT NULL DEFAULT '')",
-             "CREATE INDEX outbox_due ON outbox(sink, next_attempt_ms)",
+             " last_error TEXT NOT NULL DEFAULT '',"
+             " delivery TEXT NOT NULL DEFAULT '')",
+             "CREATE INDEX outbox_sink_id ON outbox(sink, id)",
+             "CREATE INDEX outbox_delivery ON outbox(sink, delivery)"
+             " WHERE delivery != ''",
              "CREATE INDEX outbox_fingerprint ON outbox(fingerprint)",
          }) {
       if (absl::Status s = Exec(db, sql); !s.ok()) return s;
@@ -330,6 +350,11 @@ constexpr char kAlertColumns[] =
     " last_violation_ms, active_until_ms, violations, last_evidence_id,"
     " resolved, resolved_ms, resolved_by,"
     " (SELECT count(*) FROM outbox o WHERE o.fingerprint = alerts.fingerprint)";
+// The same without the count (linear in the alert's queued rows).
+constexpr char kAlertColumnsUncounted[] =
+    "fingerprint, rule, key_json, labels_json, annotations_json, starts_ms,"
+    " last_violation_ms, active_until_ms, violations, last_evidence_id,"
+    " resolved, resolved_ms, resolved_by, 0";
 
 AlertRow ReadAlert(const Stmt& s) {
   AlertRow a;
@@ -368,8 +393,10 @@ absl::StatusOr<std::vector<AlertRow>> ListAlerts(sqlite3* db, bool all,
 }
 
 absl::StatusOr<std::vector<AlertRow>> GetAlerts(
-    sqlite3* db, const std::vector<std::string>& fingerprints) {
-  Stmt s(db, absl::StrCat("SELECT ", kAlertColumns,
+    sqlite3* db, const std::vector<std::string>& fingerprints,
+    bool count_queued) {
+  Stmt s(db, absl::StrCat("SELECT ",
+                          count_queued ? kAlertColumns : kAlertColumnsUncounted,
                           " FROM alerts WHERE fingerprint = ?1"));
   if (!s.status().ok()) return s.status();
   std::vector<AlertRow> out;

@@ -11,7 +11,8 @@
 //           by whom) it was resolved.
 //   outbox  one row per (sink, notification): "firing" for a new violation,
 //           "resolved" for a resolve; attempts, the next attempt time and the
-//           last error, so retries survive restarts.
+//           last error, so retries survive restarts; the webhook delivery
+//           id, fixed at the first attempt (version 2).
 //
 // OutboxHook() returns an EvidenceStore transaction hook: the alert upsert
 // and the outbox rows of the violations that are new in an Append commit in
@@ -53,7 +54,7 @@ namespace invariantd {
 
 using LabelList = std::vector<std::pair<std::string, std::string>>;
 
-inline constexpr int kAlertingSchemaVersion = 1;
+inline constexpr int kAlertingSchemaVersion = 2;
 inline constexpr size_t kDefaultMaxAlertLabels = 32;
 inline constexpr size_t kMaxLabelValueBytes = 256;
 inline constexpr size_t kMaxAnnotationBytes = 4096;
@@ -150,8 +151,10 @@ struct AlertRow {
 // Alerts, newest last violation first (unresolved only unless `all`).
 absl::StatusOr<std::vector<AlertRow>> ListAlerts(sqlite3* db, bool all,
                                                  size_t limit);
+// `queued` is left 0 unless `count_queued` (the pager does not need it).
 absl::StatusOr<std::vector<AlertRow>> GetAlerts(
-    sqlite3* db, const std::vector<std::string>& fingerprints);
+    sqlite3* db, const std::vector<std::string>& fingerprints,
+    bool count_queued = true);
 
 // Flags the alert resolved by `by` at `now_ms`: NotFound when no such
 // alert, FailedPrecondition when already resolved. The pager queues the

@@ -5,9 +5,12 @@
 
 #include <algorithm>
 #include <limits>
+#include <map>
 #include <mutex>
+#include <set>
 #include <utility>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/time.h"
@@ -204,6 +207,7 @@ bool Pager::RunOnce() {
   if (!resolves.ok()) {
     DbError(resolves.status());
   } else if (*resolves > 0) {
+    changed_ = true;
     std::lock_guard<std::mutex> l(mu_);
     stats_.resolves_queued += *resolves;
   }
@@ -217,7 +221,16 @@ bool Pager::RunOnce() {
       DeliverWebhook(*sink, Now());
     }
   }
-  RefreshGauges(Now());
+  // The queue depth and active alerts are counted at most every
+  // gauge_interval (a backlog drains without a full count per round), and
+  // at the end of a drain so an empty queue shows at once.
+  const int64_t end = Now();
+  if (end >= next_gauges_ms_ || (changed_ && !more_)) {
+    next_gauges_ms_ = end + options_.gauge_interval.count();
+    changed_ = false;
+    CountGauges();
+  }
+  PublishStats(end);
   return more_;
 }
 
@@ -296,7 +309,7 @@ bool Pager::Succeeded(SinkState& sink,
   return false;
 }
 
-namespace {
+namespace alerting_internal {
 
 struct DueRow {
   int64_t id = 0;
@@ -305,32 +318,87 @@ struct DueRow {
   std::string evidence_id;
   std::string payload;
   int64_t attempts = 0;
+  int64_t next_attempt_ms = 0;
+  std::string delivery;  // webhook: fixed at the first attempt; "" before
 };
 
-absl::StatusOr<std::vector<DueRow>> DueRows(sqlite3* db,
-                                            const std::string& sink,
-                                            int64_t now, size_t limit) {
-  Stmt s(db,
-         "SELECT id, status, fingerprint, evidence_id, payload, attempts"
-         " FROM outbox WHERE sink = ?1 AND next_attempt_ms <= ?2"
-         " ORDER BY id LIMIT ?3");
+}  // namespace alerting_internal
+
+using alerting_internal::DueRow;
+
+namespace {
+
+constexpr char kRowColumns[] =
+    "id, status, fingerprint, evidence_id, payload, attempts,"
+    " next_attempt_ms, delivery";
+
+DueRow ReadRow(const Stmt& s) {
+  DueRow r;
+  r.id = s.Int(0);
+  r.status = s.Text(1);
+  r.fingerprint = s.Text(2);
+  r.evidence_id = s.Text(3);
+  r.payload = s.Text(4);
+  r.attempts = s.Int(5);
+  r.next_attempt_ms = s.Int(6);
+  r.delivery = s.Text(7);
+  return r;
+}
+
+// The head of a sink's queue. Each sink's queue is delivered strictly in
+// row-id order: nothing passes a row that is not delivered yet, so a
+// receiver never gets a later notification of an alert before an earlier
+// one (a resolve before the firing it ends), across restarts too.
+struct QueueHead {
+  std::vector<DueRow> rows;  // up to `limit` rows in id order, all due
+  bool full = false;         // `limit` rows, none held back
+  int64_t wait_until = 0;    // the head is not due before then (0: it is)
+};
+
+// Reads up to `limit` rows of `sink` in id order (the (sink, id) index:
+// linear in the rows read, whatever the backlog), cut before the first row
+// not due at `now`.
+absl::StatusOr<QueueHead> ReadQueueHead(sqlite3* db, const std::string& sink,
+                                        int64_t now, size_t limit) {
+  Stmt s(db, absl::StrCat("SELECT ", kRowColumns,
+                          " FROM outbox WHERE sink = ?1 ORDER BY id"
+                          " LIMIT ?2"));
   if (!s.status().ok()) return s.status();
   s.Bind(1, sink);
-  s.Bind(2, now);
-  s.Bind(3, static_cast<int64_t>(limit));
-  std::vector<DueRow> rows;
+  s.Bind(2, static_cast<int64_t>(limit));
+  QueueHead head;
+  size_t read = 0;
+  bool cut = false;
   int rc;
   while ((rc = s.Step()) == SQLITE_ROW) {
-    DueRow r;
-    r.id = s.Int(0);
-    r.status = s.Text(1);
-    r.fingerprint = s.Text(2);
-    r.evidence_id = s.Text(3);
-    r.payload = s.Text(4);
-    r.attempts = s.Int(5);
-    rows.push_back(std::move(r));
+    ++read;
+    DueRow r = ReadRow(s);
+    if (r.next_attempt_ms > now) {
+      if (head.rows.empty()) head.wait_until = r.next_attempt_ms;
+      cut = true;
+      break;
+    }
+    head.rows.push_back(std::move(r));
   }
-  if (rc != SQLITE_DONE) return SqlError(db, "reading the outbox");
+  if (!cut && rc != SQLITE_DONE) return SqlError(db, "reading the outbox");
+  head.full = !cut && read == limit;
+  return head;
+}
+
+// Every row of one webhook delivery (its set is fixed at its first attempt).
+absl::StatusOr<std::vector<DueRow>> DeliveryRows(sqlite3* db,
+                                                 const std::string& sink,
+                                                 const std::string& delivery) {
+  Stmt s(db, absl::StrCat("SELECT ", kRowColumns,
+                          " FROM outbox WHERE sink = ?1 AND delivery = ?2"
+                          " AND delivery != '' ORDER BY id"));
+  if (!s.status().ok()) return s.status();
+  s.Bind(1, sink);
+  s.Bind(2, delivery);
+  std::vector<DueRow> rows;
+  int rc;
+  while ((rc = s.Step()) == SQLITE_ROW) rows.push_back(ReadRow(s));
+  if (rc != SQLITE_DONE) return SqlError(db, "reading a delivery");
   return rows;
 }
 
@@ -365,6 +433,37 @@ absl::Status PostponeRows(sqlite3* db, const std::vector<const DueRow*>& rows,
   });
 }
 
+struct Delivery {
+  std::string id;
+  std::vector<DueRow> rows;
+  bool fresh = false;  // id not stored yet
+};
+
+// Stores the ids of the fresh deliveries on their rows (one transaction).
+absl::Status FixDeliveries(sqlite3* db, const std::vector<Delivery>& ds) {
+  return InTransaction(db, [&]() -> absl::Status {
+    Stmt up(db, "UPDATE outbox SET delivery = ?2 WHERE id = ?1");
+    if (!up.status().ok()) return up.status();
+    for (const Delivery& d : ds) {
+      if (!d.fresh) continue;
+      for (const DueRow& r : d.rows) {
+        up.Bind(1, r.id);
+        up.Bind(2, d.id);
+        if (up.Step() != SQLITE_DONE) return SqlError(db, "fixing a delivery");
+        up.Reset();
+      }
+    }
+    return absl::OkStatus();
+  });
+}
+
+std::vector<const DueRow*> Pointers(const std::vector<DueRow>& rows) {
+  std::vector<const DueRow*> out;
+  out.reserve(rows.size());
+  for (const DueRow& r : rows) out.push_back(&r);
+  return out;
+}
+
 }  // namespace
 
 std::string Pager::AlertmanagerAlert(const AlertRow& a, int64_t now) const {
@@ -385,89 +484,143 @@ std::string Pager::AlertmanagerAlert(const AlertRow& a, int64_t now) const {
   return Dump(j);
 }
 
-void Pager::DeliverAlertmanager(SinkState& sink, int64_t now) {
-  auto rows = DueRows(db_, sink.config.name, now, options_.max_batch);
-  if (!rows.ok()) return DbError(rows.status());
-  if (rows->empty()) return;
-  std::vector<std::string> fps;
-  bool retry = false;
-  for (const DueRow& r : *rows) {
-    if (std::find(fps.begin(), fps.end(), r.fingerprint) == fps.end()) {
-      fps.push_back(r.fingerprint);
-    }
-    retry = retry || r.attempts > 0;
+bool Pager::PostAlerts(SinkState& sink, const std::vector<AmItem>& items,
+                       size_t lo, size_t hi, int64_t now,
+                       std::set<std::string>* rejected,
+                       std::string* reject_error) {
+  std::string body = "[";
+  for (size_t i = lo; i < hi; ++i) {
+    absl::StrAppend(&body, i > lo ? "," : "", items[i].second);
   }
-  auto alerts = GetAlerts(db_, fps);
-  if (!alerts.ok()) return DbError(alerts.status());
-  std::vector<std::string> items;
-  for (const AlertRow& a : *alerts) items.push_back(AlertmanagerAlert(a, now));
-  std::vector<const DueRow*> all;
-  for (const DueRow& r : *rows) all.push_back(&r);
-  bool ok = true;
-  if (!items.empty()) {
-    if (retry) ++sink.stats.retries;
-    auto r = Post(sink, sink.config.url + "/api/v2/alerts",
-                  {{"Content-Type", "application/json"}},
-                  absl::StrCat("[", absl::StrJoin(items, ","), "]"));
-    ok = Succeeded(sink, r, now);
-    if (!ok && r.ok() && r->status == 400) {
-      // Alertmanager stores the valid alerts of a batch and answers 400
-      // for the invalid ones, which no retry can fix: counted as
-      // rejected (and as a failure, with its message), not retried.
-      if (absl::Status st = DeleteRows(db_, all); !st.ok()) return DbError(st);
-      sink.stats.rejected += all.size();
-      return;
-    }
+  body += "]";
+  auto r = Post(sink, sink.config.url + "/api/v2/alerts",
+                {{"Content-Type", "application/json"}}, body);
+  if (Succeeded(sink, r, now)) return true;
+  if (!r.ok() || r->status != 400) return false;
+  // 400: some alert of the batch is invalid (or the whole body was refused
+  // before any was read). Halve the batch until each refused alert is
+  // alone: only those are given up; the others (resolves too) are sent.
+  *reject_error = sink.stats.last_error;
+  if (hi - lo == 1) {
+    rejected->insert(items[lo].first);
+    return true;
   }
-  if (ok) {
-    if (absl::Status st = DeleteRows(db_, all); !st.ok()) return DbError(st);
-    sink.stats.delivered += all.size();
-    sink.stats.grouped += all.size() - std::min(all.size(), items.size());
-    ++sink.stats.deliveries;
-    if (rows->size() == options_.max_batch) more_ = true;
-    return;
-  }
+  const size_t mid = lo + (hi - lo) / 2;
+  return PostAlerts(sink, items, lo, mid, now, rejected, reject_error) &&
+         PostAlerts(sink, items, mid, hi, now, rejected, reject_error);
+}
+
+void Pager::Postpone(SinkState& sink, const std::vector<const DueRow*>& rows,
+                     int64_t now) {
   int64_t attempts = 0;
-  for (const DueRow& r : *rows) attempts = std::max(attempts, r.attempts);
+  for (const DueRow* r : rows) attempts = std::max(attempts, r->attempts);
   const int64_t next = now + BackoffDelay(static_cast<int>(attempts + 1),
                                           options_.backoff_initial,
                                           options_.backoff_max, Jitter())
                                  .count();
   sink.retry_at_ms = next;
-  if (absl::Status st = PostponeRows(db_, all, next, sink.stats.last_error);
+  changed_ = true;
+  if (absl::Status st = PostponeRows(db_, rows, next, sink.stats.last_error);
       !st.ok()) {
     DbError(st);
   }
 }
 
-void Pager::DeliverWebhook(SinkState& sink, int64_t now) {
-  auto rows = DueRows(db_, sink.config.name, now, options_.max_batch);
-  if (!rows.ok()) return DbError(rows.status());
-  // Groups by (fingerprint, status), in queue order.
-  std::vector<std::vector<const DueRow*>> groups;
-  std::map<std::pair<std::string, std::string>, size_t> index;
-  for (const DueRow& r : *rows) {
-    auto [it, fresh] =
-        index.try_emplace({r.fingerprint, r.status}, groups.size());
-    if (fresh) groups.emplace_back();
-    groups[it->second].push_back(&r);
+void Pager::DeliverAlertmanager(SinkState& sink, int64_t now) {
+  auto head = ReadQueueHead(db_, sink.config.name, now, options_.max_batch);
+  if (!head.ok()) return DbError(head.status());
+  if (head->wait_until != 0) sink.retry_at_ms = head->wait_until;
+  const std::vector<DueRow>& rows = head->rows;
+  if (rows.empty()) return;
+  std::vector<std::string> fps;
+  bool retry = false;
+  for (const DueRow& r : rows) {
+    if (std::find(fps.begin(), fps.end(), r.fingerprint) == fps.end()) {
+      fps.push_back(r.fingerprint);
+    }
+    retry = retry || r.attempts > 0;
   }
-  size_t done = 0;
-  for (const auto& group : groups) {
+  auto alerts = GetAlerts(db_, fps, /*count_queued=*/false);
+  if (!alerts.ok()) return DbError(alerts.status());
+  std::vector<AmItem> items;
+  for (const AlertRow& a : *alerts) {
+    items.emplace_back(a.fingerprint, AlertmanagerAlert(a, now));
+  }
+  const std::vector<const DueRow*> all = Pointers(rows);
+  std::set<std::string> rejected;
+  std::string reject_error;
+  if (!items.empty()) {
+    if (retry) ++sink.stats.retries;
+    if (!PostAlerts(sink, items, 0, items.size(), now, &rejected,
+                    &reject_error)) {
+      return Postpone(sink, all, now);
+    }
+  }
+  if (absl::Status st = DeleteRows(db_, all); !st.ok()) return DbError(st);
+  changed_ = true;
+  size_t refused = 0;
+  for (const DueRow& r : rows) refused += rejected.count(r.fingerprint);
+  const size_t delivered = rows.size() - refused;
+  const size_t sent = items.size() - rejected.size();
+  sink.stats.rejected += refused;
+  sink.stats.delivered += delivered;
+  sink.stats.grouped += delivered - std::min(delivered, sent);
+  if (delivered > 0) ++sink.stats.deliveries;
+  if (!rejected.empty()) {
+    // Counted as a failure, its message shown until the next success.
+    sink.stats.last_error = reject_error;
+    if (sink.stats.failing_since_ms == 0) sink.stats.failing_since_ms = now;
+  }
+  if (head->full) more_ = true;
+}
+
+void Pager::DeliverWebhook(SinkState& sink, int64_t now) {
+  auto head = ReadQueueHead(db_, sink.config.name, now, options_.max_batch);
+  if (!head.ok()) return DbError(head.status());
+  if (head->wait_until != 0) sink.retry_at_ms = head->wait_until;
+  // Deliveries in the order of their first row. A delivery whose id is
+  // stored is sent again with exactly its rows. New rows are grouped per
+  // fingerprint: a row joins the fingerprint's open group when it has the
+  // same status, else opens the next one, so the last message a receiver
+  // gets for a fingerprint is its latest status ([firing, resolved,
+  // firing] is three deliveries, in that order).
+  std::vector<Delivery> deliveries;
+  std::set<std::string> seen;
+  std::map<std::string, size_t> open;  // fingerprint -> its open delivery
+  for (const DueRow& r : head->rows) {
+    if (!r.delivery.empty()) {
+      open.erase(r.fingerprint);
+      if (!seen.insert(r.delivery).second) continue;
+      auto rows = DeliveryRows(db_, sink.config.name, r.delivery);
+      if (!rows.ok()) return DbError(rows.status());
+      deliveries.push_back({r.delivery, *std::move(rows), false});
+      continue;
+    }
+    auto it = open.find(r.fingerprint);
+    if (it != open.end() &&
+        deliveries[it->second].rows.back().status == r.status) {
+      deliveries[it->second].rows.push_back(r);
+      continue;
+    }
+    open[r.fingerprint] = deliveries.size();
+    deliveries.push_back({DeliveryId(), {r}, true});
+  }
+  if (deliveries.empty()) return;
+  // The set of a delivery is fixed before its first attempt, so a retry
+  // (after a timeout the receiver may have seen, or a restart) carries the
+  // same id and the same notifications.
+  if (absl::Status st = FixDeliveries(db_, deliveries); !st.ok()) {
+    return DbError(st);
+  }
+  for (const Delivery& d : deliveries) {
     if (stopping()) return;
+    const std::vector<const DueRow*> group = Pointers(d.rows);
     const DueRow& first = *group.front();
-    auto alerts = GetAlerts(db_, {first.fingerprint});
+    auto alerts = GetAlerts(db_, {first.fingerprint}, /*count_queued=*/false);
     if (!alerts.ok()) return DbError(alerts.status());
     OJson j;
-    std::string ids;
-    for (const DueRow* r : group) absl::StrAppend(&ids, r->id, ",");
-    const std::string delivery =
-        HmacSha256Hex("invariantd-delivery",
-                      absl::StrCat(sink.config.name, "|", first.status, "|",
-                                   first.fingerprint, "|", ids))
-            .substr(0, 32);
     j["version"] = 1;
-    j["delivery_id"] = delivery;
+    j["delivery_id"] = d.id;
     j["status"] = first.status;
     j["fingerprint"] = first.fingerprint;
     if (!alerts->empty()) {
@@ -506,7 +659,7 @@ void Pager::DeliverWebhook(SinkState& sink, int64_t now) {
     const std::string body = Dump(j);
     std::vector<std::pair<std::string, std::string>> headers = {
         {"Content-Type", "application/json"},
-        {"X-Invariantd-Delivery", delivery},
+        {"X-Invariantd-Delivery", d.id},
         {"X-Invariantd-Timestamp", absl::StrCat(now / 1000)}};
     if (!sink.config.secret.empty()) {
       headers.emplace_back("X-Invariantd-Signature",
@@ -516,29 +669,28 @@ void Pager::DeliverWebhook(SinkState& sink, int64_t now) {
     for (const DueRow* r : group) retry = retry || r->attempts > 0;
     if (retry) ++sink.stats.retries;
     auto r = Post(sink, sink.config.url, headers, body);
-    if (!Succeeded(sink, r, now)) {
-      int64_t attempts = 0;
-      for (const DueRow* row : group)
-        attempts = std::max(attempts, row->attempts);
-      const int64_t next = now + BackoffDelay(static_cast<int>(attempts + 1),
-                                              options_.backoff_initial,
-                                              options_.backoff_max, Jitter())
-                                     .count();
-      sink.retry_at_ms = next;
-      if (absl::Status st =
-              PostponeRows(db_, group, next, sink.stats.last_error);
-          !st.ok()) {
-        DbError(st);
-      }
-      return;
-    }
+    if (!Succeeded(sink, r, now)) return Postpone(sink, group, now);
     if (absl::Status st = DeleteRows(db_, group); !st.ok()) return DbError(st);
+    changed_ = true;
     sink.stats.delivered += group.size();
     sink.stats.grouped += group.size() - 1;
     ++sink.stats.deliveries;
-    done += group.size();
   }
-  if (rows->size() == options_.max_batch && done == rows->size()) more_ = true;
+  if (head->full) more_ = true;
+}
+
+std::string Pager::DeliveryId() {
+  // Random (not derived from row ids, which another database reuses), so
+  // receivers shared by several invariantd never see two deliveries with
+  // one id.
+  std::string raw(16, '\0');
+  for (size_t i = 0; i < raw.size(); i += 8) {
+    const uint64_t x = rng_();
+    for (size_t b = 0; b < 8; ++b) {
+      raw[i + b] = static_cast<char>((x >> (8 * b)) & 0xff);
+    }
+  }
+  return absl::BytesToHexString(raw);
 }
 
 void Pager::Resend(SinkState& sink, int64_t now) {
@@ -559,7 +711,7 @@ void Pager::Resend(SinkState& sink, int64_t now) {
         fps.begin() + static_cast<ptrdiff_t>(i),
         fps.begin() + static_cast<ptrdiff_t>(
                           std::min(fps.size(), i + options_.max_batch)));
-    auto alerts = GetAlerts(db_, chunk);
+    auto alerts = GetAlerts(db_, chunk, /*count_queued=*/false);
     if (!alerts.ok()) return DbError(alerts.status());
     std::vector<std::string> items;
     for (const AlertRow& a : *alerts) {
@@ -585,7 +737,7 @@ void Pager::Resend(SinkState& sink, int64_t now) {
   sink.next_resend_ms = now + options_.resend_interval.count();
 }
 
-void Pager::RefreshGauges(int64_t now) {
+void Pager::CountGauges() {
   std::map<std::string, std::pair<uint64_t, int64_t>> depth;
   {
     Stmt s(db_,
@@ -597,25 +749,28 @@ void Pager::RefreshGauges(int64_t now) {
     }
     if (rc != SQLITE_DONE) return DbError(SqlError(db_, "outbox depth"));
   }
-  uint64_t active = 0;
-  {
-    Stmt s(db_, "SELECT count(*) FROM alerts WHERE resolved = 0");
-    if (!s.status().ok() || s.Step() != SQLITE_ROW) {
-      return DbError(SqlError(db_, "counting alerts"));
-    }
-    active = static_cast<uint64_t>(s.Int(0));
+  Stmt s(db_, "SELECT count(*) FROM alerts WHERE resolved = 0");
+  if (!s.status().ok() || s.Step() != SQLITE_ROW) {
+    return DbError(SqlError(db_, "counting alerts"));
   }
+  active_ = static_cast<uint64_t>(s.Int(0));
+  depth_ = std::move(depth);
+}
+
+void Pager::PublishStats(int64_t now) {
+  // Ages move on between counts.
+  auto age = [&](int64_t oldest) {
+    return static_cast<double>(std::max<int64_t>(0, now - oldest)) / 1000.0;
+  };
   std::lock_guard<std::mutex> l(mu_);
-  stats_.active_alerts = active;
+  stats_.active_alerts = active_;
   stats_.sinks.clear();
+  std::map<std::string, std::pair<uint64_t, int64_t>> depth = depth_;
   for (auto& sink : sinks_) {
     PagerSinkStats st = sink->stats;
     auto it = depth.find(sink->config.name);
     st.queued = it == depth.end() ? 0 : it->second.first;
-    st.oldest_age_s = it == depth.end() ? 0
-                                        : static_cast<double>(std::max<int64_t>(
-                                              0, now - it->second.second)) /
-                                              1000.0;
+    st.oldest_age_s = it == depth.end() ? 0 : age(it->second.second);
     if (it != depth.end()) depth.erase(it);
     stats_.sinks.push_back(std::move(st));
   }
@@ -624,8 +779,7 @@ void Pager::RefreshGauges(int64_t now) {
     st.name = name;
     st.configured = false;
     st.queued = d.first;
-    st.oldest_age_s =
-        static_cast<double>(std::max<int64_t>(0, now - d.second)) / 1000.0;
+    st.oldest_age_s = age(d.second);
     stats_.sinks.push_back(std::move(st));
   }
 }

@@ -7,16 +7,21 @@
 // round it
 //   1. resolves alerts whose hold expired and queues the resolves of every
 //      resolved alert (QueueResolves);
-//   2. per sink, unless the sink is backing off, takes up to max_batch due
-//      outbox rows (oldest first) and delivers them:
+//   2. per sink, takes up to max_batch rows from the head of its queue (in
+//      row-id order, strictly: while the head is not due, i.e. backing
+//      off, nothing of that sink is sent) and delivers them:
 //        Alertmanager: one POST /api/v2/alerts with one alert per
 //          fingerprint in the batch, in its current state (firing with
 //          endsAt = now + endsat_intervals * resend_interval, or resolved
-//          with endsAt = the resolve time);
-//        webhook: one POST per (fingerprint, status) group, in queue order,
+//          with endsAt = the resolve time); on a 400 the batch is halved
+//          until the refused alerts are alone, and only those are dropped
+//          (counted as rejected);
+//        webhook: one POST per run of rows of a fingerprint with the same
+//          status, in queue order (a status change starts the next one),
 //          carrying the number of notifications it stands for and up to
 //          max_webhook_violations of the violations (the rest are counted
-//          in `omitted`, never dropped silently);
+//          in `omitted`, never dropped silently); its delivery id and rows
+//          are stored before the first attempt and reused by every retry;
 //      a 2xx deletes the delivered rows; anything else (or a timeout) keeps
 //      them, increments their attempts and sets their next attempt after an
 //      exponential backoff with jitter (BackoffDelay), persisted, so a
@@ -44,8 +49,10 @@
 #include <memory>
 #include <mutex>
 #include <random>
+#include <set>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -55,6 +62,9 @@
 struct sqlite3;
 
 namespace invariantd {
+namespace alerting_internal {
+struct DueRow;
+}  // namespace alerting_internal
 
 struct AlertSink {
   enum class Kind { kAlertmanager, kWebhook };
@@ -84,6 +94,9 @@ struct PagerOptions {
   std::chrono::milliseconds forget_resolved{std::chrono::hours(24 * 7)};
   // Longest wait between rounds when nothing wakes the pager.
   std::chrono::milliseconds tick{500};
+  // The queue depth and active alert gauges are counted at most this often
+  // (and when a drain ends).
+  std::chrono::milliseconds gauge_interval{2000};
 
   // Test seams: the HTTP POST (default: libcurl) and the wall clock.
   struct Response {
@@ -155,10 +168,23 @@ class Pager {
   void Run();
   bool stopping() const;
   int64_t Now() const;
+  // (fingerprint, alert JSON)
+  using AmItem = std::pair<std::string, std::string>;
   void DeliverAlertmanager(SinkState& sink, int64_t now);
+  // POSTs items[lo, hi); on a 400 bisects to find the refused alerts, which
+  // are added to `rejected`. False on any other failure.
+  bool PostAlerts(SinkState& sink, const std::vector<AmItem>& items, size_t lo,
+                  size_t hi, int64_t now, std::set<std::string>* rejected,
+                  std::string* reject_error);
   void DeliverWebhook(SinkState& sink, int64_t now);
+  std::string DeliveryId();
+  // Keeps `rows` for a retry after the backoff (persisted).
+  void Postpone(SinkState& sink,
+                const std::vector<const alerting_internal::DueRow*>& rows,
+                int64_t now);
   void Resend(SinkState& sink, int64_t now);
-  void RefreshGauges(int64_t now);
+  void CountGauges();
+  void PublishStats(int64_t now);
   absl::StatusOr<PagerOptions::Response> Post(
       SinkState& sink, const std::string& url,
       const std::vector<std::pair<std::string, std::string>>& headers,
@@ -183,8 +209,14 @@ class Pager {
   bool notified_ = false;
   // A POST in flight is aborted once the steady clock passes this.
   std::atomic<int64_t> abort_at_ns_{std::numeric_limits<int64_t>::max()};
-  bool more_ = false;  // pager thread
-  PagerStats stats_;   // guarded by mu_
+  // Pager thread:
+  bool more_ = false;     // a full batch went out: more may be due at once
+  bool changed_ = false;  // the outbox changed since the last count
+  int64_t next_gauges_ms_ = 0;
+  uint64_t active_ = 0;
+  // sink -> (rows queued, oldest created_ms), as last counted
+  std::map<std::string, std::pair<uint64_t, int64_t>> depth_;
+  PagerStats stats_;  // guarded by mu_
   std::thread thread_;
 };
 
