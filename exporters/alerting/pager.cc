@@ -10,7 +10,6 @@
 #include <set>
 #include <utility>
 
-#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/time.h"
@@ -603,7 +602,7 @@ void Pager::DeliverWebhook(SinkState& sink, int64_t now) {
       continue;
     }
     open[r.fingerprint] = deliveries.size();
-    deliveries.push_back({DeliveryId(), {r}, true});
+    deliveries.push_back({DeliveryId(sink.config.name, r.id), {r}, true});
   }
   if (deliveries.empty()) return;
   // The set of a delivery is fixed before its first attempt, so a retry
@@ -679,10 +678,11 @@ void Pager::DeliverWebhook(SinkState& sink, int64_t now) {
   if (head->full) more_ = true;
 }
 
-std::string Pager::DeliveryId() {
-  // Random (not derived from row ids, which another database reuses), so
-  // receivers shared by several invariantd never see two deliveries with
-  // one id.
+std::string Pager::DeliveryId(const std::string& sink, int64_t first_row) {
+  // Random (row ids repeat across databases: receivers shared by several
+  // invariantd must not see one id twice), and bound to the sink and the
+  // delivery's first row (never reused in this database), so it is unique
+  // even when the generator is seeded.
   std::string raw(16, '\0');
   for (size_t i = 0; i < raw.size(); i += 8) {
     const uint64_t x = rng_();
@@ -690,7 +690,7 @@ std::string Pager::DeliveryId() {
       raw[i + b] = static_cast<char>((x >> (8 * b)) & 0xff);
     }
   }
-  return absl::BytesToHexString(raw);
+  return HmacSha256Hex(raw, absl::StrCat(sink, "|", first_row)).substr(0, 32);
 }
 
 void Pager::Resend(SinkState& sink, int64_t now) {

@@ -177,7 +177,7 @@ class Pager {
                   size_t hi, int64_t now, std::set<std::string>* rejected,
                   std::string* reject_error);
   void DeliverWebhook(SinkState& sink, int64_t now);
-  std::string DeliveryId();
+  std::string DeliveryId(const std::string& sink, int64_t first_row);
   // Keeps `rows` for a retry after the backoff (persisted).
   void Postpone(SinkState& sink,
                 const std::vector<const alerting_internal::DueRow*>& rows,

@@ -10,6 +10,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -649,6 +650,18 @@ TEST_F(PagerTest, DeliveryIdAndSetAreFixedAcrossRetriesAndRestarts) {
   const Json second = Json::parse(hook[1].body);
   EXPECT_NE(second["delivery_id"], id);
   EXPECT_EQ(second["violations"][0]["id"], "a2");
+}
+
+TEST_F(PagerTest, DeliveryIdsAreUniqueEvenWithTheSameSeed) {
+  std::set<std::string> ids;
+  for (int i = 0; i < 3; ++i) {
+    Append({Record(absl::StrCat("a", i), "r", "1", now_)});
+    NewPager()->RunOnce();  // a restart each time: the same random draws
+    const auto hook = CallsTo("hook");
+    ASSERT_EQ(hook.size(), static_cast<size_t>(i + 1));
+    ids.insert(hook.back().headers.at("X-Invariantd-Delivery"));
+  }
+  EXPECT_EQ(ids.size(), 3u);
 }
 
 // Issue: a 400 deleted the whole batch, resolves included.
