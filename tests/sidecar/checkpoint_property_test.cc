@@ -14,6 +14,7 @@
 #include <sqlite3.h>
 
 #include <algorithm>
+#include <atomic>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -358,6 +359,52 @@ TEST(CheckpointTest, StoreChunksLargeImagesAndKeepsTheLatestBase) {
             SQLITE_OK);
   auto bad = (*store)->LoadState();
   EXPECT_FALSE(bad.ok());
+}
+
+// While the store has 4 checkpoints it cannot commit, the dispatcher stops
+// taking records: the admission queue fills and refuses more (bounded
+// memory, backpressure to the sources); once they commit, all flows again.
+TEST(CheckpointTest, UncommittedCheckpointsHoldTheDispatcherBack) {
+  std::atomic<size_t> uncommitted{4};
+  Life life;
+  PipelineOptions o;
+  o.workers = 1;
+  o.queue_capacity = 8;
+  o.checkpoint_interval = std::chrono::milliseconds(0);
+  o.on_checkpoint = [&](uint64_t epoch, StateCheckpoint c) {
+    std::lock_guard<std::mutex> l(life.mu);
+    life.checkpoints.emplace_back(epoch, std::move(c));
+  };
+  o.uncommitted_checkpoints = [&] { return uncommitted.load(); };
+  auto p = Pipeline::Create(Rules(), o, [](const Violation&) {});
+  ASSERT_TRUE(p.ok());
+  (*p)->Start();
+  auto batch = [](int from, int n) {
+    std::vector<Record> b;
+    for (int i = from; i < from + n; ++i) {
+      Record r;
+      r.source = "f";
+      r.stream = 7;
+      r.line = static_cast<uint64_t>(i + 1);
+      r.offset = static_cast<uint64_t>(i + 1);
+      r.bytes = GenLine(0, i, i, 0, i);
+      b.push_back(std::move(r));
+    }
+    return b;
+  };
+  auto full = batch(0, 8);
+  ASSERT_TRUE((*p)->TryPushBatch(&full));  // fills the queue; not taken
+  auto more = batch(8, 1);
+  EXPECT_FALSE((*p)->TryPushBatch(&more));  // refused: backpressure
+  {
+    std::lock_guard<std::mutex> l(life.mu);
+    EXPECT_TRUE(life.checkpoints.empty());
+  }
+  uncommitted = 0;  // the store recovers
+  (*p)->Stop();
+  EXPECT_EQ((*p)->Stats().events, 8u);
+  std::lock_guard<std::mutex> l(life.mu);
+  EXPECT_FALSE(life.checkpoints.empty());
 }
 
 }  // namespace
