@@ -730,6 +730,12 @@ void App::StopAll() {
       // keeps draining while the tailer stops.
       s_->tailer->Stop();
     }
+    if (s_->evidence) {
+      // A store that cannot commit must not keep the drain from ending.
+      s_->evidence->BeginShutdown(
+          std::chrono::steady_clock::now() +
+          std::chrono::milliseconds(config_.shutdown_timeout_ms));
+    }
     s_->pipeline->Stop();
     if (s_->evidence) {
       // Commits what the drain produced and releases the acknowledgements

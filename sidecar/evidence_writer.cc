@@ -38,10 +38,25 @@ bool EvidenceWriter::Stop(std::chrono::steady_clock::time_point deadline) {
   return pending_.empty();
 }
 
+void EvidenceWriter::BeginShutdown(
+    std::chrono::steady_clock::time_point deadline) {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    submit_deadline_ = deadline;
+  }
+  space_cv_.notify_all();
+}
+
 void EvidenceWriter::Submit(EvidenceRecord record, std::string payload) {
   std::unique_lock<std::mutex> l(mu_);
-  space_cv_.wait(
-      l, [&] { return stop_ || pending_.size() < options_.max_pending; });
+  while (!stop_ && pending_.size() >= options_.max_pending &&
+         std::chrono::steady_clock::now() < submit_deadline_) {
+    if (submit_deadline_ == std::chrono::steady_clock::time_point::max()) {
+      space_cv_.wait(l);
+    } else {
+      space_cv_.wait_until(l, submit_deadline_);
+    }
+  }
   Item item;
   item.record = std::move(record);
   item.payload = std::move(payload);
@@ -172,7 +187,10 @@ void EvidenceWriter::Run() {
       l.lock();
       if (stop_ && std::chrono::steady_clock::now() >= deadline_) break;
       space_cv_.notify_all();
-      work_cv_.wait_for(l, backoff, [&] {
+      // Until the next retry, or the stop deadline when it comes first.
+      auto until = std::chrono::steady_clock::now() + backoff;
+      if (stop_) until = std::min(until, deadline_);
+      work_cv_.wait_until(l, until, [&] {
         return stop_ && std::chrono::steady_clock::now() >= deadline_;
       });
       backoff = std::min(backoff * 2, options_.max_backoff);

@@ -90,6 +90,12 @@ class EvidenceWriter {
   bool Stop(std::chrono::steady_clock::time_point deadline =
                 std::chrono::steady_clock::time_point::max());
 
+  // Shutdown is coming by `deadline`: from then on Submit no longer
+  // blocks on a full backlog (the pipeline can drain and stop even while
+  // the store cannot commit; what stays uncommitted is not acknowledged
+  // and is evaluated again after the restart).
+  void BeginShutdown(std::chrono::steady_clock::time_point deadline);
+
   // Queues a record; `payload` is handed back to on_fresh. Thread-safe;
   // blocks while max_pending records wait.
   void Submit(EvidenceRecord record, std::string payload);
@@ -132,6 +138,8 @@ class EvidenceWriter {
   uint64_t durable_epoch_ ABSL_GUARDED_BY(mu_) = 0;
   size_t checkpoints_pending_ ABSL_GUARDED_BY(mu_) = 0;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  std::chrono::steady_clock::time_point submit_deadline_ ABSL_GUARDED_BY(mu_) =
+      std::chrono::steady_clock::time_point::max();
   std::chrono::steady_clock::time_point deadline_ ABSL_GUARDED_BY(mu_);
   EvidenceWriterStats stats_ ABSL_GUARDED_BY(mu_);
   bool healthy_ ABSL_GUARDED_BY(mu_) = true;

@@ -246,6 +246,44 @@ TEST(EvidenceWriterTest, CheckpointGateWaitsForTheCoveringCheckpoint) {
   ASSERT_TRUE(rec.ok() && rec->has_value());
 }
 
+// With the backlog full and commits failing, Submit blocks (backpressure)
+// until shutdown begins; then it returns, so the pipeline can drain and
+// stop, and nothing of it is acknowledged.
+TEST(EvidenceWriterTest, ShutdownReleasesSubmittersBlockedOnAFailingStore) {
+  TempDir dir;
+  const std::string path = dir.File("e.db");
+  Observed seen;
+  auto store = EvidenceStore::Open(path, false, /*busy_timeout_ms=*/1);
+  ASSERT_TRUE(store.ok());
+  EvidenceWriterOptions o;
+  o.max_pending = 1;
+  o.backoff = std::chrono::milliseconds(5);
+  o.max_backoff = std::chrono::milliseconds(20);
+  EvidenceWriter w(
+      *std::move(store), o, [](const EvidenceRecord&, const std::string&) {},
+      [](const absl::Status&) {});
+  WriteLockHolder blocker(path);
+  w.Start();
+  w.Submit(Rec(1), "one");
+  std::promise<void> returned;
+  std::thread submitter([&] {
+    w.Submit(Rec(2), "two");  // blocks: the backlog is full
+    w.Submit(Rec(3), "three");
+    returned.set_value();
+  });
+  auto done = returned.get_future();
+  EXPECT_EQ(done.wait_for(std::chrono::milliseconds(100)),
+            std::future_status::timeout);
+  w.BeginShutdown(std::chrono::steady_clock::now());
+  EXPECT_EQ(done.wait_for(std::chrono::seconds(60)), std::future_status::ready);
+  submitter.join();
+  bool acked = false;
+  w.WhenDurable([&] { acked = true; });
+  EXPECT_FALSE(
+      w.Stop(std::chrono::steady_clock::now() + std::chrono::milliseconds(20)));
+  EXPECT_FALSE(acked);
+}
+
 // RELIABILITY.md R10, disk full: SQLite's own SQLITE_FULL (the database
 // capped with max_page_count, the same error path as a full filesystem).
 // Neither the records' nor a checkpoint's acknowledgements run, the error
