@@ -95,7 +95,9 @@ class KeyTable {
     auto [a, i] = Locate(key);
     if (a != nullptr) {
       // Not touched since the last DrainChanges: its first change.
-      if (track_ && a->at(i).touch <= mark_) changed_.push_back(key);
+      if (track_ && on_touch_ && a->at(i).touch <= mark_) {
+        changed_.push_back(key);
+      }
       a->at(i).touch = clock_;
       return Ref{a->state(i), false};
     }
@@ -110,7 +112,7 @@ class KeyTable {
     i = cur_.FreeSlotFor(key);
     cur_.Construct(i, key, clock_);
     ++size_;
-    if (track_) changed_.push_back(key);
+    if (track_ && on_touch_) changed_.push_back(key);
     return Ref{cur_.state(i), true};
   }
 
@@ -169,8 +171,13 @@ class KeyTable {
   // an interval. When more keys changed than a sequential pass over the
   // slots costs (a quarter of the capacity), the drain scans the arrays for
   // slots touched since the last drain instead of looking each key up.
-  void TrackChanges() {
+  //
+  // With `on_touch` false, lookups mark nothing: the owner calls
+  // NoteChanged(key) for the keys whose state it changed (erasures are
+  // still recorded by the table).
+  void TrackChanges(bool on_touch = true) {
     track_ = true;
+    on_touch_ = on_touch;
     changed_.clear();
     erased_.clear();
     mark_ = clock_;
@@ -180,7 +187,7 @@ class KeyTable {
     auto by_key = [](const Hash128& a, const Hash128& b) {
       return a.hi != b.hi ? a.hi < b.hi : a.lo < b.lo;
     };
-    if (changed_.size() * 4 > cur_.capacity() + old_.capacity()) {
+    if (on_touch_ && changed_.size() * 4 > cur_.capacity() + old_.capacity()) {
       for (const Array* a : {&old_, &cur_}) {
         for (size_t i = 0; i < a->capacity(); ++i) {
           if (!a->Empty(i) && a->at(i).touch > mark_) {
@@ -206,6 +213,9 @@ class KeyTable {
     changed_.clear();
     erased_.clear();
     mark_ = clock_;
+  }
+  void NoteChanged(Hash128 key) {
+    if (track_) changed_.push_back(Normalize(key));
   }
   size_t pending_changes() const { return changed_.size() + erased_.size(); }
 
@@ -542,6 +552,7 @@ class KeyTable {
   size_t incremental_from_bytes_;
   uint64_t clock_ = 0;
   bool track_ = false;
+  bool on_touch_ = true;
   uint64_t mark_ = 0;             // clock_ at the last DrainChanges
   std::vector<Hash128> changed_;  // inserted or first touched
   std::vector<Hash128> erased_;

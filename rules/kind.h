@@ -13,6 +13,7 @@
 #define INVARIANTD_RULES_KIND_H_
 
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -180,7 +181,8 @@ class KeyedRuleState final : public RuleState {
     Value v;
     const ObserveStatus st = K::Extract(*config_, in, &v);
     if (st != ObserveStatus::kOk) return st;
-    auto ref = table_.FindOrInsert(K::TableKey(*config_, in, v));
+    const Hash128 key = K::TableKey(*config_, in, v);
+    auto ref = table_.FindOrInsert(key);
     if (ref.state == nullptr) return ObserveStatus::kRejected;
     if constexpr (kOwnsHeap) {
       const size_t before = ref.inserted ? 0 : K::HeapBytes(*ref.state);
@@ -188,9 +190,20 @@ class KeyedRuleState final : public RuleState {
           K::Step(*config_, *ref.state, ref.inserted, v, in, finding);
       table_.AddHeapBytes(static_cast<int64_t>(K::HeapBytes(*ref.state)) -
                           static_cast<int64_t>(before));
+      table_.NoteChanged(key);
       return r;
     } else {
-      return K::Step(*config_, *ref.state, ref.inserted, v, in, finding);
+      // Checkpoints record the keys whose state changed, not every key
+      // looked at: most events leave most states as they were.
+      const typename K::State before = *ref.state;
+      const ObserveStatus r =
+          K::Step(*config_, *ref.state, ref.inserted, v, in, finding);
+      if (ref.inserted || std::memcmp(static_cast<const void*>(&before),
+                                      static_cast<const void*>(ref.state),
+                                      sizeof(before)) != 0) {
+        table_.NoteChanged(key);
+      }
+      return r;
     }
   }
 
@@ -208,7 +221,7 @@ class KeyedRuleState final : public RuleState {
                       table_.evicted(), table_.rejected()};
   }
 
-  void TrackChanges() override { table_.TrackChanges(); }
+  void TrackChanges() override { table_.TrackChanges(/*on_touch=*/false); }
 
   // Image: layout tag, then (key, present, state) per entry; a state that
   // is trivially copyable is stored as its bytes.
