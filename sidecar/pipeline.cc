@@ -221,12 +221,12 @@ void Pipeline::DispatchLoop() {
   std::vector<std::vector<Work*>> outbox(workers_.size());
   std::vector<Work*> done;
   bool drained = false;
-  // Markers: at most every `load_gap` while records flow, and when the
-  // input goes idle no sooner than `idle_gap` after the last one (a few
-  // milliseconds: acknowledgements stay prompt at low rates, and a steady
-  // trickle does not cost one checkpoint per batch). Both grow with the
-  // time the last checkpoint took, so checkpoints stay a small share of
-  // the work whatever the state size.
+  // Markers: every `load` gap while records flow, and once the input has
+  // been quiet for the `idle` gap (a few milliseconds: acknowledgements
+  // stay prompt at low rates, and a steady stream does not cost one
+  // checkpoint per batch). Both grow with the time the last checkpoint
+  // took, so checkpoints stay a small share of the work whatever the state
+  // size.
   auto gaps = [&] {
     const auto save =
         std::chrono::nanoseconds(last_save_ns_.load(std::memory_order_relaxed));
@@ -245,9 +245,12 @@ void Pipeline::DispatchLoop() {
       std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }
     bool ok;
+    bool quiet = false;  // nothing arrived for the idle gap
     if (options_.on_checkpoint && since_marker_ > 0) {
-      ok = admission_.PopBatchUntil(&batch, 256, last_marker_ + gaps().first,
-                                    &drained);
+      ok = admission_.PopBatchUntil(
+          &batch, 256, std::chrono::steady_clock::now() + gaps().first,
+          &drained);
+      quiet = ok && batch.empty();
     } else {
       ok = admission_.PopBatch(&batch, 256, &drained);
     }
@@ -273,9 +276,9 @@ void Pipeline::DispatchLoop() {
       }
     }
     const auto now = std::chrono::steady_clock::now();
-    if (options_.on_checkpoint && since_marker_ > 0) {
-      const auto [idle, load] = gaps();
-      if (now - last_marker_ >= (drained ? idle : load)) EmitMarker();
+    if (options_.on_checkpoint && since_marker_ > 0 &&
+        (quiet || now - last_marker_ >= gaps().second)) {
+      EmitMarker();
     }
     if (drained ||
         now - last_dispatch_publish_ > std::chrono::milliseconds(100)) {
