@@ -262,30 +262,51 @@ void Engine::TrackChanges() {
   window_saved_ = window_inserted_;
 }
 
-void Engine::SaveState(bool full, std::string* out) {
+size_t Engine::SaveState(const ImageSpec& spec, Pieces* pieces) {
+  const bool full = spec.full;
+  size_t slice_bytes = 0;
+  std::string* out = pieces->tail();
   PutU64(out, kEngineImageTag);
   PutU8(out, full ? 1 : 0);
   const std::vector<Rule>& rules = rules_->rules();
-  std::string image;
   uint64_t stateful = 0;
-  const size_t count_at = out->size();
-  PutU64(out, 0);  // number of rule sections, patched below
+  // Patched below (by position: the rules' images may add pieces).
+  auto place = [&] {
+    std::string* at = pieces->tail();
+    std::pair<size_t, size_t> where{pieces->pieces().size() - 1, at->size()};
+    PutU64(at, 0);
+    return where;
+  };
+  auto patch = [&](std::pair<size_t, size_t> where, uint64_t v) {
+    std::string bytes;
+    PutU64(&bytes, v);
+    pieces->piece(where.first)->replace(where.second, 8, bytes);
+  };
+  const auto count_at = place();  // number of rule sections
   for (size_t i = 0; i < rules.size(); ++i) {
-    image.clear();
-    states_[i]->SaveState(full, &image);
-    if (image.empty()) continue;
-    PutBytes(out, rules[i].name);
-    PutHash(out, rules[i].digest);
-    PutBytes(out, image);
+    std::string* head = pieces->tail();
+    const size_t section_at = head->size();
+    PutBytes(head, rules[i].name);
+    PutHash(head, rules[i].digest);
+    const auto length_at = place();
+    const size_t before = pieces->size();
+    slice_bytes += states_[i]->SaveState(spec, pieces);
+    const size_t length = pieces->size() - before;
+    if (length == 0) {  // stateless: nothing was added after the header
+      head->resize(section_at);
+      continue;
+    }
+    patch(length_at, length);
     ++stateful;
   }
-  std::string count;
-  PutU64(&count, stateful);
-  out->replace(count_at, 8, count);
-  // The window: the identities taken in since the last image (all of the
-  // ring when full), oldest first.
+  patch(count_at, stateful);
+  out = pieces->tail();
+  // The window: the identities taken in since the last image, oldest
+  // first; all of the ring when full, and with the first slice of a round
+  // (a restore starts there: the older identities are in no later image).
   const size_t size = ring_.size();
-  uint64_t n = full
+  const bool whole = full || (spec.slice && spec.first == 0);
+  uint64_t n = whole
                    ? std::min<uint64_t>(window_inserted_, size)
                    : std::min<uint64_t>(window_inserted_ - window_saved_, size);
   PutU64(out, n);
@@ -293,6 +314,7 @@ void Engine::SaveState(bool full, std::string* out) {
     PutHash(out, ring_[(ring_next_ + size - k) % size]);
   }
   window_saved_ = window_inserted_;
+  return slice_bytes;
 }
 
 absl::Status Engine::RestoreState(std::string_view in,

@@ -122,7 +122,8 @@ class Engine {
   // a rule whose image this build cannot read starts empty and is named in
   // `*discarded`. Error: bytes that are not an engine image.
   void TrackChanges();
-  void SaveState(bool full, std::string* out);
+  // Returns the bytes the rules' slices (or full images) took.
+  size_t SaveState(const ImageSpec& spec, Pieces* out);
   absl::Status RestoreState(std::string_view in,
                             std::vector<std::string>* skipped,
                             std::vector<std::string>* discarded);

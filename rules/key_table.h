@@ -163,6 +163,35 @@ class KeyTable {
     }
   }
 
+  // Visits every live (key, state) whose (normalized) key.lo lies in
+  // [first, last]: the keys of one slice of a rolling checkpoint. Homes are
+  // a monotonic function of key.lo, so this scans the positions homed in
+  // the range and the rest of the last probe run: about
+  // capacity * (last - first) / 2^64 slots, not the whole array.
+  template <typename F>
+  void ForEachInRange(uint64_t first, uint64_t last, F&& f) const {
+    if (first > last) return;
+    for (const Array* a : {&old_, &cur_}) {
+      const size_t n = a->capacity();
+      if (n == 0 || a->live == 0) continue;
+      // Below the cursor (migration) positions are empty, and no key still
+      // in the array is homed there (see Locate).
+      const size_t start = std::max(a->Home(Hash128{first, 0}), a->cursor);
+      const size_t end = a->Home(Hash128{last, 0});
+      if (start > end) continue;
+      const size_t homed = end - start + 1;
+      size_t i = start;
+      for (size_t step = 0; step < n; ++step, i = a->Next(i)) {
+        if (a->Empty(i)) {
+          if (step >= homed) break;  // past the range and its last run
+          continue;
+        }
+        const Hash128& k = a->at(i).key;
+        if (k.lo >= first && k.lo <= last) f(k, *a->state(i));
+      }
+    }
+  }
+
   // Change tracking, for incremental checkpoints. From TrackChanges() on,
   // the table remembers every key it inserts, touches (FindOrInsert) or
   // erases; DrainChanges(f) calls f(key, state) for each such key -- state
@@ -215,7 +244,29 @@ class KeyTable {
     mark_ = clock_;
   }
   void NoteChanged(Hash128 key) {
-    if (track_) changed_.push_back(Normalize(key));
+    if (!track_) return;
+    key = Normalize(key);
+    // Consecutive events of one key (common) are noted once.
+    if (changed_.empty() || !(changed_.back() == key)) changed_.push_back(key);
+  }
+  // For owners that log their changes themselves (the state as it was
+  // changed, in order) and need only the erasures from the table: calls
+  // f(key) for each key erased since the last drain and absent now -- a
+  // key erased and inserted again is in the owner's log after its erasure
+  // -- and starts a new interval. Such owners never call NoteChanged.
+  template <typename F>
+  void DrainErased(F&& f) {
+    auto by_key = [](const Hash128& a, const Hash128& b) {
+      return a.hi != b.hi ? a.hi < b.hi : a.lo < b.lo;
+    };
+    std::sort(erased_.begin(), erased_.end(), by_key);
+    erased_.erase(std::unique(erased_.begin(), erased_.end()), erased_.end());
+    for (const Hash128& k : erased_) {
+      if (Find(k) == nullptr) f(k);
+    }
+    changed_.clear();
+    erased_.clear();
+    mark_ = clock_;
   }
   size_t pending_changes() const { return changed_.size() + erased_.size(); }
 

@@ -58,6 +58,40 @@ enum class ObserveStatus {
   kRedelivered,  // `unique`: the same event seen again; not an occurrence
 };
 
+// What one checkpoint image of a rule state holds besides the changes
+// since the previous one: every key (full), or the keys whose hash (the
+// table's normalized key.lo) lies in [first, last] when `slice` is set.
+struct ImageSpec {
+  bool full = false;
+  bool slice = false;
+  uint64_t first = 0;
+  uint64_t last = 0;
+};
+
+// Writes the entries of a KeyTable-backed image after its header:
+// put(key, state-or-null) for the changes the table recorded (or, when
+// full, for every key), then for the keys of the slice. Returns the bytes
+// the slice (or the full image) took.
+template <typename Table, typename Put>
+size_t PutTableImage(Table& table, const ImageSpec& spec, std::string* out,
+                     Put&& put) {
+  using State = std::remove_cv_t<
+      std::remove_pointer_t<decltype(table.Find(std::declval<Hash128>()))>>;
+  const size_t start = out->size();
+  if (spec.full) {
+    table.DrainChanges([](const Hash128&, const State*) {});
+    table.ForEach([&](const Hash128& k, const State& s) { put(k, &s); });
+    return out->size() - start;
+  }
+  table.DrainChanges(put);
+  const size_t slice_at = out->size();
+  if (spec.slice) {
+    table.ForEachInRange(spec.first, spec.last,
+                         [&](const Hash128& k, const State& s) { put(k, &s); });
+  }
+  return out->size() - slice_at;
+}
+
 // Counters of one rule's state table.
 struct TableStats {
   size_t keys = 0;
@@ -81,14 +115,18 @@ class RuleState {
   virtual void Rebind(const KindConfig* config) = 0;
 
   // Checkpoints (sidecar/pipeline). After TrackChanges(), SaveState appends
-  // to `out` an image of what changed since the previous SaveState -- of
-  // everything when `full` -- and RestoreState applies such images in the
-  // order they were written (a full one, then the changes). RestoreState
-  // returns false when the bytes are not an image this kind wrote with this
-  // layout; the caller then discards the rule's state. Stateless kinds keep
-  // the defaults.
+  // to `out` an image of what changed since the previous SaveState, plus
+  // every key of `spec`'s slice (a rolling base: over a round of
+  // checkpoints the slices cover every key) -- of everything when
+  // spec.full -- and returns how many bytes the slice took. RestoreState
+  // applies such images in the order they were written, starting from
+  // empty: a full image and the changes after it, or a whole round of
+  // slices and the changes since the round began. RestoreState returns
+  // false when the bytes are not an image this kind wrote with this
+  // layout; the caller then discards the rule's state. Stateless kinds
+  // keep the defaults.
   virtual void TrackChanges() {}
-  virtual void SaveState(bool full, std::string* out) {}
+  virtual size_t SaveState(const ImageSpec& spec, Pieces* out) { return 0; }
   virtual bool RestoreState(std::string_view in) { return in.empty(); }
 };
 
@@ -198,10 +236,11 @@ class KeyedRuleState final : public RuleState {
       const typename K::State before = *ref.state;
       const ObserveStatus r =
           K::Step(*config_, *ref.state, ref.inserted, v, in, finding);
-      if (ref.inserted || std::memcmp(static_cast<const void*>(&before),
-                                      static_cast<const void*>(ref.state),
-                                      sizeof(before)) != 0) {
-        table_.NoteChanged(key);
+      if (tracking_ &&
+          (ref.inserted || std::memcmp(static_cast<const void*>(&before),
+                                       static_cast<const void*>(ref.state),
+                                       sizeof(before)) != 0)) {
+        PutEntry(&log_, key, ref.state);
       }
       return r;
     }
@@ -221,30 +260,41 @@ class KeyedRuleState final : public RuleState {
                       table_.evicted(), table_.rejected()};
   }
 
-  void TrackChanges() override { table_.TrackChanges(/*on_touch=*/false); }
+  void TrackChanges() override {
+    table_.TrackChanges(/*on_touch=*/false);
+    tracking_ = true;
+    log_.clear();
+  }
 
   // Image: layout tag, then (key, present, state) per entry; a state that
-  // is trivially copyable is stored as its bytes.
-  void SaveState(bool full, std::string* out) override {
-    PutU64(out, LayoutTag());
-    PutU8(out, full ? 1 : 0);
+  // is trivially copyable is stored as its bytes. Such states log each
+  // change as it happens (Observe), so an image is that log -- in order,
+  // later entries of a key win -- then the erasures, then the slice: no
+  // lookup, sort or scan of the changed keys. States that own heap are
+  // written once per changed key, as they are at the checkpoint.
+  size_t SaveState(const ImageSpec& spec, Pieces* out) override {
+    std::string* to = out->tail();
+    PutU64(to, LayoutTag());
+    PutU8(to, spec.full ? 1 : 0);
     auto put = [&](const Hash128& key, const typename K::State* s) {
-      PutHash(out, key);
-      PutU8(out, s != nullptr ? 1 : 0);
-      if (s == nullptr) return;
-      if constexpr (kOwnsHeap) {
-        K::Encode(*s, out);
-      } else {
-        PutRaw(out, *s);
-      }
+      PutEntry(to, key, s);
     };
-    if (full) {
-      table_.DrainChanges([](const Hash128&, const typename K::State*) {});
-      table_.ForEach(
-          [&](const Hash128& k, const typename K::State& s) { put(k, &s); });
-    } else {
-      table_.DrainChanges(put);
+    if constexpr (!kOwnsHeap) {
+      if (!spec.full) {
+        // The log is moved into the image, not copied; the next one gets
+        // room for as much (untouched pages cost nothing).
+        const size_t used = log_.size();
+        out->Adopt(std::move(log_));
+        log_ = std::string();
+        log_.reserve(std::min(used + used / 4, size_t{64} << 20));
+        to = out->tail();
+        table_.DrainErased([&](const Hash128& k) { put(k, nullptr); });
+      } else {
+        log_.clear();
+        table_.DrainErased([](const Hash128&) {});
+      }
     }
+    return PutTableImage(table_, spec, to, put);
   }
 
   bool RestoreState(std::string_view in) override {
@@ -291,6 +341,17 @@ class KeyedRuleState final : public RuleState {
   }
   static constexpr bool kOwnsHeap =
       !std::is_trivially_copyable_v<typename K::State>;
+  static void PutEntry(std::string* out, const Hash128& key,
+                       const typename K::State* s) {
+    PutHash(out, key);
+    PutU8(out, s != nullptr ? 1 : 0);
+    if (s == nullptr) return;
+    if constexpr (kOwnsHeap) {
+      K::Encode(*s, out);
+    } else {
+      PutRaw(out, *s);
+    }
+  }
   struct HeapOf {
     size_t operator()(const typename K::State& s) const {
       return K::HeapBytes(s);
@@ -298,6 +359,8 @@ class KeyedRuleState final : public RuleState {
   };
   const typename K::Config* config_;
   KeyTable<typename K::State, HeapOf> table_;
+  bool tracking_ = false;
+  std::string log_;  // changes since the last SaveState (trivial states)
 };
 
 }  // namespace invariantd

@@ -202,11 +202,45 @@ absl::Status App::Start() {
         {{"path", s_->evidence_path},
          {"head_seq", absl::StrCat((*store)->head_seq())},
          {"head_hash", (*store)->head_hash()}});
-    // The rule-state checkpoint. A damaged one is not fatal: the rules
-    // start empty (lost coverage, logged and exported), the evidence is
-    // untouched, and the next full checkpoint replaces it.
-    auto stored = (*store)->LoadState();
-    if (!stored.ok()) {
+    // The rule-state checkpoint, in its own database. A damaged one is not
+    // fatal: the rules start empty (lost coverage, logged and exported),
+    // the evidence is untouched, and the next full checkpoint replaces it.
+    // A file that cannot be opened at all (another application's, a newer
+    // format) is refused like a damaged evidence store.
+    const std::string state_path = StatePath(config_.data_dir);
+    auto state = StateStore::Open(state_path, /*read_only=*/false,
+                                  /*busy_timeout_ms=*/5000,
+                                  /*check_pages=*/true);
+    if (!state.ok() && state.status().code() == absl::StatusCode::kDataLoss) {
+      // A torn or truncated state database: the state is derived data, so
+      // it is moved aside (kept for a look) and the rules start empty, as
+      // for a damaged image inside it.
+      const std::string aside = absl::StrCat(state_path, ".damaged-",
+                                             absl::ToUnixSeconds(absl::Now()));
+      for (const char* suffix : {"", "-wal", "-shm"}) {
+        std::error_code ec;
+        std::filesystem::rename(state_path + suffix, aside + suffix, ec);
+      }
+      s_->state_problem = absl::StrCat(
+          "the rule-state database was damaged (", state.status().message(),
+          "); it was moved to ", aside, " and the rules start empty");
+      Log(LogLevel::kError, "rule state not restored",
+          {{"error", s_->state_problem}});
+      state = StateStore::Open(state_path, /*read_only=*/false,
+                               /*busy_timeout_ms=*/5000);
+    }
+    if (!state.ok()) {
+      return absl::Status(
+          state.status().code(),
+          absl::StrCat(state.status().message(),
+                       ". The file is left as it is; move it aside to start "
+                       "with empty rule state (docs/evidence.md, \"Damaged "
+                       "store\")"));
+    }
+    auto stored = (*state)->Load();
+    if (!s_->state_problem.empty()) {
+      // Already said why the rules start empty.
+    } else if (!stored.ok()) {
       s_->state_problem = absl::StrCat(
           "the rule-state checkpoint is damaged (", stored.status().message(),
           "); the rules start empty and the next checkpoint replaces it");
@@ -240,7 +274,8 @@ absl::Status App::Start() {
           Log(LogLevel::kError,
               "evidence commit failed: holding acknowledgements and retrying",
               {{"error", std::string(st.message())}});
-        });
+        },
+        *std::move(state));
     s_->evidence->Start();
     PruneEvidence();
   }
@@ -278,7 +313,9 @@ absl::Status App::Start() {
     popts.checkpoint_interval =
         std::chrono::milliseconds(config_.evidence_state_interval_ms);
     popts.uncommitted_checkpoints = [s] {
-      return s->evidence->UncommittedCheckpoints();
+      PipelineOptions::Uncommitted u;
+      u.checkpoints = s->evidence->UncommittedCheckpoints(&u.bytes);
+      return u;
     };
   }
   auto pipeline =

@@ -27,6 +27,10 @@ std::string EvidencePath(const std::string& data_dir) {
   return data_dir + "/evidence.db";
 }
 
+std::string StatePath(const std::string& data_dir) {
+  return data_dir + "/state.db";
+}
+
 absl::StatusOr<int64_t> ParseTimeBound(std::string_view text) {
   int64_t ms = 0;
   if (ParseNumber(text, &ms)) return ms;

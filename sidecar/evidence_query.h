@@ -48,6 +48,8 @@ int RunEvidence(const EvidenceCommand& cmd, std::ostream& out,
 
 // The store's path in a data directory.
 std::string EvidencePath(const std::string& data_dir);
+// The rule-state checkpoints' path in a data directory.
+std::string StatePath(const std::string& data_dir);
 
 }  // namespace invariantd
 

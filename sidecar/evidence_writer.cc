@@ -1,14 +1,17 @@
 #include "sidecar/evidence_writer.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <iterator>
 
 namespace invariantd {
 
 EvidenceWriter::EvidenceWriter(std::unique_ptr<EvidenceStore> store,
                                EvidenceWriterOptions options, FreshFn on_fresh,
-                               ErrorFn on_error)
+                               ErrorFn on_error,
+                               std::unique_ptr<StateStore> state)
     : store_(std::move(store)),
+      state_(std::move(state)),
       options_(options),
       on_fresh_(std::move(on_fresh)),
       on_error_(std::move(on_error)) {
@@ -22,20 +25,28 @@ void EvidenceWriter::Start() {
   if (started_) return;
   started_ = true;
   thread_ = std::thread([this] { Run(); });
+  if (state_) state_thread_ = std::thread([this] { RunState(); });
 }
 
 bool EvidenceWriter::Stop(std::chrono::steady_clock::time_point deadline) {
   {
     std::lock_guard<std::mutex> l(mu_);
-    if (stop_) return pending_.empty();
+    if (stop_) return pending_.empty() && checkpoints_.empty();
     stop_ = true;
     deadline_ = deadline;
   }
   work_cv_.notify_all();
+  state_cv_.notify_all();
   if (thread_.joinable()) thread_.join();
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    records_done_ = true;
+  }
+  state_cv_.notify_all();
+  if (state_thread_.joinable()) state_thread_.join();
   std::lock_guard<std::mutex> l(mu_);
   space_cv_.notify_all();
-  return pending_.empty();
+  return pending_.empty() && checkpoints_.empty();
 }
 
 void EvidenceWriter::BeginShutdown(
@@ -70,20 +81,24 @@ void EvidenceWriter::Submit(EvidenceRecord record, std::string payload) {
 
 void EvidenceWriter::SubmitCheckpoint(uint64_t epoch,
                                       StateCheckpoint checkpoint) {
-  std::unique_lock<std::mutex> l(mu_);
+  if (!state_) std::abort();  // a writer without a state store (see ctor)
+  std::lock_guard<std::mutex> l(mu_);
   // Not bounded by max_pending: one per checkpoint interval, and holding
   // it back would hold back every acknowledgement.
-  Item item;
+  CheckpointItem item;
   item.epoch = epoch;
+  item.after = submitted_;
+  for (const Pieces& p : checkpoint.parts) item.bytes += p.size();
   item.checkpoint = std::move(checkpoint);
-  pending_.push_back(std::move(item));
-  ++submitted_;
+  checkpoint_bytes_pending_ += item.bytes;
+  checkpoints_.push_back(std::move(item));
   ++checkpoints_pending_;
-  work_cv_.notify_one();
+  state_cv_.notify_one();
 }
 
-size_t EvidenceWriter::UncommittedCheckpoints() const {
+size_t EvidenceWriter::UncommittedCheckpoints(uint64_t* bytes) const {
   std::lock_guard<std::mutex> l(mu_);
+  if (bytes != nullptr) *bytes = checkpoint_bytes_pending_;
   return checkpoints_pending_;
 }
 
@@ -119,7 +134,28 @@ EvidenceWriterStats EvidenceWriter::Stats() const {
 
 bool EvidenceWriter::healthy() const {
   std::lock_guard<std::mutex> l(mu_);
-  return healthy_;
+  return healthy_ && state_healthy_;
+}
+
+bool EvidenceWriter::Failed(const absl::Status& status,
+                            std::chrono::milliseconds* backoff,
+                            std::condition_variable* cv,
+                            std::unique_lock<std::mutex>* l) {
+  ++stats_.failures;
+  stats_.last_error = std::string(status.message());
+  l->unlock();
+  on_error_(status);  // after the stats say so
+  l->lock();
+  if (stop_ && std::chrono::steady_clock::now() >= deadline_) return false;
+  space_cv_.notify_all();
+  // Until the next retry, or the stop deadline when it comes first.
+  auto until = std::chrono::steady_clock::now() + *backoff;
+  if (stop_) until = std::min(until, deadline_);
+  cv->wait_until(*l, until, [&] {
+    return stop_ && std::chrono::steady_clock::now() >= deadline_;
+  });
+  *backoff = std::min(*backoff * 2, options_.max_backoff);
+  return true;
 }
 
 void EvidenceWriter::Run() {
@@ -147,76 +183,25 @@ void EvidenceWriter::Run() {
     l.unlock();
 
     records.clear();
-    uint64_t epoch = 0;
-    size_t checkpoints = 0;
-    for (Item& item : batch) {
-      if (item.epoch != 0) {
-        epoch = std::max(epoch, item.epoch);
-        ++checkpoints;
-        continue;
-      }
-      records.push_back(std::move(item.record));
-    }
-    EvidenceStore::TxnFn extra;
-    if (checkpoints > 0) {
-      extra = [&batch](sqlite3* db, const auto&) {
-        for (const Item& item : batch) {
-          if (item.epoch == 0) continue;
-          if (absl::Status s = EvidenceStore::WriteState(db, item.checkpoint);
-              !s.ok()) {
-            return s;
-          }
-        }
-        return absl::OkStatus();
-      };
-    }
-    absl::StatusOr<size_t> added = store_->Append(&records, extra);
+    for (Item& item : batch) records.push_back(std::move(item.record));
+    absl::StatusOr<size_t> added = store_->Append(&records);
     if (!added.ok()) {
-      for (size_t i = 0, r = 0; i < n; ++i) {
-        if (batch[i].epoch == 0) batch[i].record = std::move(records[r++]);
-      }
+      for (size_t i = 0; i < n; ++i) batch[i].record = std::move(records[i]);
       l.lock();
       // Back at the front, in order: nothing is skipped or reordered.
       pending_.insert(pending_.begin(), std::make_move_iterator(batch.begin()),
                       std::make_move_iterator(batch.end()));
-      ++stats_.failures;
-      stats_.last_error = std::string(added.status().message());
       healthy_ = false;
-      l.unlock();
-      on_error_(added.status());  // after the stats say so
-      l.lock();
-      if (stop_ && std::chrono::steady_clock::now() >= deadline_) break;
-      space_cv_.notify_all();
-      // Until the next retry, or the stop deadline when it comes first.
-      auto until = std::chrono::steady_clock::now() + backoff;
-      if (stop_) until = std::min(until, deadline_);
-      work_cv_.wait_until(l, until, [&] {
-        return stop_ && std::chrono::steady_clock::now() >= deadline_;
-      });
-      backoff = std::min(backoff * 2, options_.max_backoff);
+      if (!Failed(added.status(), &backoff, &work_cv_, &l)) break;
       continue;
     }
     backoff = options_.backoff;
-    for (size_t i = 0, r = 0; i < n; ++i) {
-      if (batch[i].epoch != 0) continue;
-      if (records[r].seq != 0) on_fresh_(records[r], batch[i].payload);
-      ++r;
+    for (size_t i = 0; i < n; ++i) {
+      if (records[i].seq != 0) on_fresh_(records[i], batch[i].payload);
     }
     l.lock();
     committed_ += n;
-    if (checkpoints > 0) {
-      stats_.checkpoints += checkpoints;
-      checkpoints_pending_ -= checkpoints;
-      durable_epoch_ = std::max(durable_epoch_, epoch);
-      stats_.checkpoint_epoch = durable_epoch_;
-      while (!ckpt_waiting_.empty() &&
-             ckpt_waiting_.begin()->first < durable_epoch_) {
-        for (auto& fn : ckpt_waiting_.begin()->second) {
-          ready.push_back(std::move(fn));
-        }
-        ckpt_waiting_.erase(ckpt_waiting_.begin());
-      }
-    }
+    state_cv_.notify_one();  // a checkpoint may be due now
     ++stats_.commits;
     stats_.stored += *added;
     stats_.duplicates += records.size() - *added;
@@ -229,6 +214,65 @@ void EvidenceWriter::Run() {
       waiting_.pop_front();
     }
     space_cv_.notify_all();
+    if (!ready.empty()) {
+      l.unlock();
+      for (auto& fn : ready) fn();
+      ready.clear();
+      l.lock();
+    }
+  }
+}
+
+void EvidenceWriter::RunState() {
+  std::vector<CheckpointItem> batch;
+  std::vector<const StateCheckpoint*> write;
+  std::vector<std::function<void()>> ready;
+  auto backoff = options_.backoff;
+  std::unique_lock<std::mutex> l(mu_);
+  auto due = [&] {
+    return !checkpoints_.empty() && checkpoints_.front().after <= committed_;
+  };
+  while (true) {
+    // Due once the records submitted before it are committed. Stopping:
+    // ends when none is left, or none can become due (the records before
+    // it were not committed by the deadline).
+    state_cv_.wait(l, [&] {
+      return due() || (stop_ && (checkpoints_.empty() || records_done_));
+    });
+    if (!due()) break;
+    // Every due checkpoint, in one transaction.
+    batch.clear();
+    while (due()) {
+      batch.push_back(std::move(checkpoints_.front()));
+      checkpoints_.pop_front();
+    }
+    l.unlock();
+    write.clear();
+    for (const CheckpointItem& c : batch) write.push_back(&c.checkpoint);
+    const absl::Status st = state_->Write(write);
+    l.lock();
+    if (!st.ok()) {
+      checkpoints_.insert(checkpoints_.begin(),
+                          std::make_move_iterator(batch.begin()),
+                          std::make_move_iterator(batch.end()));
+      state_healthy_ = false;
+      if (!Failed(st, &backoff, &state_cv_, &l)) break;
+      continue;
+    }
+    backoff = options_.backoff;
+    state_healthy_ = true;
+    stats_.checkpoints += batch.size();
+    checkpoints_pending_ -= batch.size();
+    for (const CheckpointItem& c : batch) checkpoint_bytes_pending_ -= c.bytes;
+    durable_epoch_ = std::max(durable_epoch_, batch.back().epoch);
+    stats_.checkpoint_epoch = durable_epoch_;
+    while (!ckpt_waiting_.empty() &&
+           ckpt_waiting_.begin()->first < durable_epoch_) {
+      for (auto& fn : ckpt_waiting_.begin()->second) {
+        ready.push_back(std::move(fn));
+      }
+      ckpt_waiting_.erase(ckpt_waiting_.begin());
+    }
     if (!ready.empty()) {
       l.unlock();
       for (auto& fn : ready) fn();

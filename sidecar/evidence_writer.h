@@ -12,11 +12,12 @@
 // WhenDurable(fn) runs fn once every record submitted before the call is
 // committed: at once when nothing is pending.
 //
-// Rule-state checkpoints ride the same queue: SubmitCheckpoint(epoch, c)
-// writes `c` in the transaction that commits everything submitted before
-// it, and WhenCheckpointed(e, fn) runs fn once a checkpoint of an epoch
-// larger than e is durable (the pipeline's records of epoch e are covered
-// by it). A worker submits a record's
+// Rule-state checkpoints go to the state store (a separate database, so
+// that a checkpoint of megabytes never holds an evidence commit up) on a
+// second thread: SubmitCheckpoint(epoch, c) writes `c` once every record
+// submitted before it is committed, and WhenCheckpointed(e, fn) runs fn
+// once a checkpoint of an epoch larger than e is durable (the pipeline's
+// records of epoch e are covered by it). A worker submits a record's
 // violations before it acknowledges the record, so an input is never
 // acknowledged before its evidence is on disk.
 //
@@ -43,6 +44,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
+#include "exporters/evidence/state_store.h"
 #include "exporters/evidence/store.h"
 
 namespace invariantd {
@@ -76,9 +78,11 @@ class EvidenceWriter {
       std::function<void(const EvidenceRecord&, const std::string& payload)>;
   using ErrorFn = std::function<void(const absl::Status&)>;
 
+  // `state` is where checkpoints go; without one, SubmitCheckpoint must
+  // not be called.
   EvidenceWriter(std::unique_ptr<EvidenceStore> store,
                  EvidenceWriterOptions options, FreshFn on_fresh,
-                 ErrorFn on_error);
+                 ErrorFn on_error, std::unique_ptr<StateStore> state = nullptr);
   ~EvidenceWriter();  // Stop()
   EvidenceWriter(const EvidenceWriter&) = delete;
   EvidenceWriter& operator=(const EvidenceWriter&) = delete;
@@ -105,20 +109,31 @@ class EvidenceWriter {
 
   EvidenceWriterStats Stats() const;
   bool healthy() const;
-  // Checkpoints submitted and not yet committed.
-  size_t UncommittedCheckpoints() const;
+  // Checkpoints submitted and not yet committed (and, when `bytes` is set,
+  // the size of their images).
+  size_t UncommittedCheckpoints(uint64_t* bytes = nullptr) const;
 
  private:
   struct Item {
     EvidenceRecord record;
     std::string payload;
-    // A checkpoint instead of a record when epoch != 0.
+  };
+  struct CheckpointItem {
     uint64_t epoch = 0;
+    uint64_t after = 0;  // written once this many records are committed
+    uint64_t bytes = 0;
     StateCheckpoint checkpoint;
   };
   void Run();
+  void RunState();
+  // The recovery of a failed commit (either thread), under mu_: counts and
+  // reports it, then waits out the backoff (or until the stop deadline).
+  // False when the deadline has passed.
+  bool Failed(const absl::Status& status, std::chrono::milliseconds* backoff,
+              std::condition_variable* cv, std::unique_lock<std::mutex>* l);
 
   std::unique_ptr<EvidenceStore> store_;  // writer thread only
+  std::unique_ptr<StateStore> state_;     // state thread only
   const EvidenceWriterOptions options_;
   const FreshFn on_fresh_;
   const ErrorFn on_error_;
@@ -126,6 +141,10 @@ class EvidenceWriter {
   mutable std::mutex mu_;
   std::condition_variable work_cv_;   // writer: something to do
   std::condition_variable space_cv_;  // submitters: room in pending
+  std::condition_variable state_cv_;  // state thread: a checkpoint is due
+  std::deque<CheckpointItem> checkpoints_ ABSL_GUARDED_BY(mu_);
+  bool records_done_ ABSL_GUARDED_BY(mu_) = false;  // writer thread ended
+  bool state_healthy_ ABSL_GUARDED_BY(mu_) = true;
   std::vector<Item> pending_ ABSL_GUARDED_BY(mu_);
   uint64_t submitted_ ABSL_GUARDED_BY(mu_) = 0;  // tickets issued
   uint64_t committed_ ABSL_GUARDED_BY(mu_) = 0;  // tickets durable
@@ -137,6 +156,7 @@ class EvidenceWriter {
       ABSL_GUARDED_BY(mu_);
   uint64_t durable_epoch_ ABSL_GUARDED_BY(mu_) = 0;
   size_t checkpoints_pending_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t checkpoint_bytes_pending_ ABSL_GUARDED_BY(mu_) = 0;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::chrono::steady_clock::time_point submit_deadline_ ABSL_GUARDED_BY(mu_) =
       std::chrono::steady_clock::time_point::max();
@@ -145,6 +165,7 @@ class EvidenceWriter {
   bool healthy_ ABSL_GUARDED_BY(mu_) = true;
   bool started_ = false;
   std::thread thread_;
+  std::thread state_thread_;
 };
 
 }  // namespace invariantd

@@ -56,8 +56,11 @@ struct Pipeline::Work {
 struct Pipeline::Marker {
   uint64_t epoch = 0;
   StateCheckpoint checkpoint;
+  ImageSpec spec;
+  double fraction = 0;  // of the hash space the slice covers (1: full)
   std::atomic<int> remaining{0};
   std::atomic<int64_t> save_ns{0};  // the slowest part's
+  std::atomic<uint64_t> slice_bytes{0};
 };
 
 struct Pipeline::Worker {
@@ -224,24 +227,28 @@ void Pipeline::DispatchLoop() {
   // Markers: every `load` gap while records flow, and once the input has
   // been quiet for the `idle` gap (a few milliseconds: acknowledgements
   // stay prompt at low rates, and a steady stream does not cost one
-  // checkpoint per batch). Both grow with the time the last checkpoint
-  // took, so checkpoints stay a small share of the work whatever the state
-  // size.
+  // checkpoint per batch). A checkpoint's work is proportional to what
+  // changed since the last one (plus a slice of the same order), so the
+  // load gap stays fixed: a longer one would only make each stall longer.
+  // The idle gap grows with the time the last checkpoint took.
   auto gaps = [&] {
     const auto save =
         std::chrono::nanoseconds(last_save_ns_.load(std::memory_order_relaxed));
     const auto idle = std::max<std::chrono::steady_clock::duration>(
         std::chrono::milliseconds(2), 4 * save);
-    const auto load = std::max<std::chrono::steady_clock::duration>(
-        options_.checkpoint_interval, 20 * save);
+    const std::chrono::steady_clock::duration load =
+        options_.checkpoint_interval;
     return std::make_pair(idle, load);
   };
   while (true) {
     // A store that cannot commit holds evaluation back (bounded memory).
-    while (options_.uncommitted_checkpoints &&
-           options_.uncommitted_checkpoints() >=
-               options_.max_uncommitted_checkpoints &&
-           !stopping_.load(std::memory_order_relaxed)) {
+    auto held = [&] {
+      if (!options_.uncommitted_checkpoints) return false;
+      const PipelineOptions::Uncommitted u = options_.uncommitted_checkpoints();
+      return u.checkpoints >= options_.max_uncommitted_checkpoints ||
+             u.bytes >= options_.max_uncommitted_checkpoint_bytes;
+    };
+    while (held() && !stopping_.load(std::memory_order_relaxed)) {
       std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }
     bool ok;
@@ -518,23 +525,21 @@ void Pipeline::WorkerLoop(Worker* w) {
 void Pipeline::EmitMarker() {
   auto* m = new Marker();
   m->epoch = ++epoch_;
-  const uint64_t base = base_bytes_.load(std::memory_order_relaxed);
-  const bool full =
-      force_full_ || delta_bytes_.load(std::memory_order_relaxed) >
-                         2 * base + (uint64_t{4} << 20);
+  const auto now = std::chrono::steady_clock::now();
   StateCheckpoint& c = m->checkpoint;
-  c.full = full;
+  m->spec = NextImageSpec(now, &m->fraction, &c.keep);
+  c.full = m->spec.full;
   c.workers = static_cast<int>(workers_.size());
   c.ruleset_digest = router_->rules().digest().Hex();
   c.parts.resize(workers_.size() + 1);
   const auto t0 = std::chrono::steady_clock::now();
-  router_->SaveState(full, &c.parts[0]);
+  m->slice_bytes.store(router_->SaveState(m->spec, &c.parts[0]),
+                       std::memory_order_relaxed);
   m->save_ns.store((std::chrono::steady_clock::now() - t0).count(),
                    std::memory_order_relaxed);
   // Streams quiet for 10 minutes are done (rotated away or deleted; their
   // records were acknowledged long ago): dropped, so that a file reusing
   // the inode is not skipped against them.
-  const auto now = std::chrono::steady_clock::now();
   for (auto it = stream_seen_.begin(); it != stream_seen_.end();) {
     if (now - it->second > std::chrono::minutes(10)) {
       positions_.erase(it->first);
@@ -553,14 +558,96 @@ void Pipeline::EmitMarker() {
     w->queue.Push(mw);  // after every record dispatched before it
   }
   since_marker_ = 0;
-  force_full_ = false;
-  last_marker_ = std::chrono::steady_clock::now();
+  last_marker_ = now;
+}
+
+// The rolling base. A full image (after Start without a stored state, a
+// Reload, or a state that could not be restored) is one large write, so
+// the state is otherwise rewritten a slice at a time: each checkpoint adds
+// to its changes the keys of the next stretch of the hash space, and once
+// a round of slices has covered all of it, a restore needs only the
+// checkpoints since that round began (`keep`); the store deletes the older
+// ones. A slice is sized so that the base is rewritten at a quarter of the
+// rate the state changes (the checkpoints a restore reads then stay within
+// about five times the state), at most an eighth of the state at once,
+// and at least fast enough for a round to end within a minute.
+ImageSpec Pipeline::NextImageSpec(std::chrono::steady_clock::time_point now,
+                                  double* fraction, uint64_t* keep) {
+  constexpr double kSliceRatio = 0.25;
+  constexpr double kMaxFraction = 0.125;
+  constexpr double kUncappedBytes = 1 << 20;  // small states: no cap
+  constexpr double kRoundSeconds = 60;
+  ImageSpec spec;
+  ++ckpt_index_;
+  // What the workers reported since the last marker.
+  credit_ +=
+      static_cast<double>(change_bytes_.exchange(0, std::memory_order_relaxed));
+  measured_bytes_ += static_cast<double>(
+      reported_slice_bytes_.exchange(0, std::memory_order_relaxed));
+  measured_fraction_ += static_cast<double>(reported_fraction_.exchange(
+                            0, std::memory_order_relaxed)) /
+                        kFractionScale;
+  // The state's size: measured by the slices of a whole round, and raised
+  // as soon as a few percent of one show it larger (a growing state).
+  if (measured_fraction_ >= 0.02) {
+    const double est = measured_bytes_ / measured_fraction_;
+    if (measured_fraction_ >= 1 || est > state_bytes_) state_bytes_ = est;
+    if (measured_fraction_ >= 1) measured_bytes_ = measured_fraction_ = 0;
+  }
+  if (force_full_) {
+    force_full_ = false;
+    spec.full = true;
+    *fraction = 1;
+    window_start_ = ckpt_index_;
+    round_start_ = ckpt_index_ + 1;
+    sweep_ = 0;
+    credit_ = 0;
+    *keep = 1;
+    return spec;
+  }
+  // (At most a second counts: the first marker has no predecessor.)
+  const double since =
+      std::min(1.0, std::chrono::duration<double>(now - last_marker_).count());
+  double f = std::max(kSliceRatio * credit_ / std::max(state_bytes_, 1.0),
+                      since / kRoundSeconds);
+  if (state_bytes_ > kUncappedBytes) f = std::min(f, kMaxFraction);
+  if (options_.slice_fraction > 0) f = options_.slice_fraction;
+  f = std::min(f, 1.0);
+  credit_ = std::max(0.0, credit_ - f * state_bytes_ / kSliceRatio);
+  // [sweep_, sweep_ + width - 1] of the 2^64 hashes; the last slice of a
+  // round ends at the top.
+  constexpr double kSpace = 18446744073709551616.0;  // 2^64
+  const double width = std::max(1.0, f * kSpace);
+  spec.slice = true;
+  spec.first = sweep_;
+  const double room = kSpace - static_cast<double>(sweep_);
+  if (width >= room) {
+    spec.last = UINT64_MAX;
+  } else {
+    spec.last = sweep_ + static_cast<uint64_t>(width) - 1;
+  }
+  *fraction =
+      (static_cast<double>(spec.last) - static_cast<double>(spec.first) + 1) /
+      kSpace;
+  if (spec.last == UINT64_MAX) {
+    // The round is complete with this checkpoint: a restore needs nothing
+    // before its start.
+    window_start_ = round_start_;
+    round_start_ = ckpt_index_ + 1;
+    sweep_ = 0;
+  } else {
+    sweep_ = spec.last + 1;
+  }
+  *keep = static_cast<uint64_t>(ckpt_index_ - window_start_ + 1);
+  return spec;
 }
 
 void Pipeline::SaveAtMarker(Worker* w, Marker* m) {
   const auto t0 = std::chrono::steady_clock::now();
-  w->engine->SaveState(m->checkpoint.full,
-                       &m->checkpoint.parts[static_cast<size_t>(w->index) + 1]);
+  m->slice_bytes.fetch_add(
+      w->engine->SaveState(
+          m->spec, &m->checkpoint.parts[static_cast<size_t>(w->index) + 1]),
+      std::memory_order_relaxed);
   const int64_t ns = (std::chrono::steady_clock::now() - t0).count();
   int64_t prev = m->save_ns.load(std::memory_order_relaxed);
   while (ns > prev && !m->save_ns.compare_exchange_weak(prev, ns)) {
@@ -569,13 +656,16 @@ void Pipeline::SaveAtMarker(Worker* w, Marker* m) {
   last_save_ns_.store(m->save_ns.load(std::memory_order_relaxed),
                       std::memory_order_relaxed);
   uint64_t bytes = 0;
-  for (const std::string& p : m->checkpoint.parts) bytes += p.size();
+  for (const Pieces& p : m->checkpoint.parts) bytes += p.size();
+  const uint64_t slice = m->slice_bytes.load(std::memory_order_relaxed);
+  change_bytes_.fetch_add(bytes - std::min(bytes, slice),
+                          std::memory_order_relaxed);
+  reported_slice_bytes_.fetch_add(slice, std::memory_order_relaxed);
+  reported_fraction_.fetch_add(
+      static_cast<uint64_t>(m->fraction * kFractionScale),
+      std::memory_order_relaxed);
   if (m->checkpoint.full) {
-    base_bytes_.store(bytes, std::memory_order_relaxed);
-    delta_bytes_.store(0, std::memory_order_relaxed);
     full_checkpoints_.fetch_add(1, std::memory_order_relaxed);
-  } else {
-    delta_bytes_.fetch_add(bytes, std::memory_order_relaxed);
   }
   checkpoints_.fetch_add(1, std::memory_order_relaxed);
   checkpoint_bytes_.fetch_add(bytes, std::memory_order_relaxed);
@@ -668,6 +758,16 @@ Pipeline::RestoreReport Pipeline::Restore(const StoredState& state) {
     report.discarded.clear();
     return report;
   }
+  // The restored checkpoints are the start of the rolling base: the next
+  // ones keep them until a round of slices has rewritten every key. A
+  // rule whose image could not be read starts empty, and a full image
+  // then replaces the unreadable ones.
+  const auto restored = static_cast<int64_t>(state.checkpoints);
+  window_start_ = ckpt_index_ + 1 - std::max<int64_t>(restored, 1);
+  round_start_ = ckpt_index_ + 1;
+  sweep_ = 0;
+  state_bytes_ = static_cast<double>(state.bytes);
+  force_full_ = !report.discarded.empty() || restored == 0;
   {
     std::lock_guard<std::mutex> l(restored_mu_);
     const auto now = std::chrono::steady_clock::now();

@@ -35,7 +35,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
-#include "exporters/evidence/store.h"
+#include "exporters/evidence/state_store.h"
 #include "ingest/decoder.h"
 #include "ingest/record.h"
 #include "rules/engine.h"
@@ -168,19 +168,30 @@ struct PipelineOptions {
   // whenever the admission queue runs empty and at least every
   // checkpoint_interval while records flow (and once more on Stop). Each
   // worker, when it reaches the marker, appends an image of the rule state
-  // it changed since the previous marker; the last one hands the whole
+  // it changed since the previous marker and of one slice of its keys (a
+  // rolling base; see NextImageSpec); the last one hands the whole
   // checkpoint to on_checkpoint (on its thread), with its epoch (1, 2, ...;
-  // it covers every record of a smaller epoch). The first checkpoint after
-  // Start or Reload, and one whenever the change images written since the
-  // last full one outgrow it, is full.
+  // it covers every record of a smaller epoch) and how many checkpoints a
+  // restore needs (`keep`). The first checkpoint after Start without a
+  // restored state, or after Reload, is full.
   std::function<void(uint64_t epoch, StateCheckpoint)> on_checkpoint;
   std::chrono::milliseconds checkpoint_interval{100};
-  // Checkpoints handed over and not yet committed (optional). While it is
-  // at max_uncommitted_checkpoints the dispatcher holds back, so that a
-  // store that cannot commit (disk full) stops evaluation and, through the
-  // full admission queue, the sources: memory stays bounded.
-  std::function<size_t()> uncommitted_checkpoints;
-  size_t max_uncommitted_checkpoints = 4;
+  // The share of the hash space each checkpoint's slice covers: 0 sizes
+  // slices by the rate of change (see NextImageSpec); tests fix it.
+  double slice_fraction = 0;
+  // Checkpoints handed over and not yet committed, and their bytes
+  // (optional). While either is at its maximum the dispatcher holds back,
+  // so that a store that cannot commit (disk full) stops evaluation and,
+  // through the full admission queue, the sources: memory stays bounded.
+  // Below that, a slow commit (a second-long stall of the disk) is
+  // absorbed without stopping evaluation.
+  struct Uncommitted {
+    size_t checkpoints = 0;
+    uint64_t bytes = 0;
+  };
+  std::function<Uncommitted()> uncommitted_checkpoints;
+  size_t max_uncommitted_checkpoints = 32;
+  uint64_t max_uncommitted_checkpoint_bytes = uint64_t{64} << 20;
   std::optional<DecoderOptions> decoder;  // default: the rule set's input
   EngineOptions engine;
 };
@@ -297,6 +308,8 @@ class Pipeline : public RecordSink {
   void Reject(const Record& record, std::string_view reason);
   // Checkpoints (dispatcher thread).
   void EmitMarker();
+  ImageSpec NextImageSpec(std::chrono::steady_clock::time_point now,
+                          double* fraction, uint64_t* keep);
   void NotePosition(const Record& r);
   bool AlreadyCheckpointed(const Record& r);
   // A worker reached `m`: adds its image; the last one hands it over.
@@ -349,8 +362,24 @@ class Pipeline : public RecordSink {
   uint64_t since_marker_ = 0;  // records sent to workers since the marker
   std::chrono::steady_clock::time_point last_marker_;
   bool force_full_ = true;
-  std::atomic<uint64_t> base_bytes_{0};   // size of the last full image
-  std::atomic<uint64_t> delta_bytes_{0};  // change images since then
+  // The rolling base (see NextImageSpec), in checkpoint numbers: the last
+  // one emitted, the first one a restore needs, the first one of the round
+  // of slices under way, and where in the hash space it has reached.
+  int64_t ckpt_index_ = 0;
+  int64_t window_start_ = 1;
+  int64_t round_start_ = 1;
+  uint64_t sweep_ = 0;
+  double credit_ = 0;       // change bytes not yet matched by slices
+  double state_bytes_ = 0;  // estimated size of a full image
+  double measured_bytes_ = 0;
+  double measured_fraction_ = 0;
+  // Reported by the worker that completes a checkpoint, taken by the
+  // dispatcher: change bytes, slice bytes and the hash fraction they
+  // covered (fixed point).
+  static constexpr double kFractionScale = 1e12;
+  std::atomic<uint64_t> change_bytes_{0};
+  std::atomic<uint64_t> reported_slice_bytes_{0};
+  std::atomic<uint64_t> reported_fraction_{0};
   std::atomic<uint64_t> checkpoints_{0};
   std::atomic<uint64_t> full_checkpoints_{0};
   std::atomic<uint64_t> checkpoint_bytes_{0};

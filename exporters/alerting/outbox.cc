@@ -11,7 +11,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
-#include "exporters/alerting/sql.h"
+#include "exporters/sqlite.h"
 #include "nlohmann/json.hpp"
 #include "sidecar/core/sanitize.h"
 #include "sidecar/core/strings.h"
@@ -19,10 +19,10 @@
 namespace invariantd {
 
 using Json = nlohmann::json;
-using alerting_internal::Exec;
-using alerting_internal::InTransaction;
-using alerting_internal::SqlError;
-using alerting_internal::Stmt;
+using sqlite_internal::Exec;
+using sqlite_internal::InTransaction;
+using sqlite_internal::SqlError;
+using sqlite_internal::Stmt;
 
 namespace {
 

@@ -13,7 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/time.h"
-#include "exporters/alerting/sql.h"
+#include "exporters/sqlite.h"
 #include "nlohmann/json.hpp"
 #include "sidecar/core/sanitize.h"
 #include "sidecar/core/strings.h"
@@ -22,10 +22,10 @@ namespace invariantd {
 
 using Json = nlohmann::json;
 using OJson = nlohmann::ordered_json;
-using alerting_internal::Exec;
-using alerting_internal::InTransaction;
-using alerting_internal::SqlError;
-using alerting_internal::Stmt;
+using sqlite_internal::Exec;
+using sqlite_internal::InTransaction;
+using sqlite_internal::SqlError;
+using sqlite_internal::Stmt;
 
 namespace {
 
@@ -308,7 +308,7 @@ bool Pager::Succeeded(SinkState& sink,
   return false;
 }
 
-namespace alerting_internal {
+namespace sqlite_internal {
 
 struct DueRow {
   int64_t id = 0;
@@ -321,9 +321,9 @@ struct DueRow {
   std::string delivery;  // webhook: fixed at the first attempt; "" before
 };
 
-}  // namespace alerting_internal
+}  // namespace sqlite_internal
 
-using alerting_internal::DueRow;
+using sqlite_internal::DueRow;
 
 namespace {
 

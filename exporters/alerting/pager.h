@@ -62,9 +62,9 @@
 struct sqlite3;
 
 namespace invariantd {
-namespace alerting_internal {
+namespace sqlite_internal {
 struct DueRow;
-}  // namespace alerting_internal
+}  // namespace sqlite_internal
 
 struct AlertSink {
   enum class Kind { kAlertmanager, kWebhook };
@@ -180,7 +180,7 @@ class Pager {
   std::string DeliveryId(const std::string& sink, int64_t first_row);
   // Keeps `rows` for a retry after the backoff (persisted).
   void Postpone(SinkState& sink,
-                const std::vector<const alerting_internal::DueRow*>& rows,
+                const std::vector<const sqlite_internal::DueRow*>& rows,
                 int64_t now);
   void Resend(SinkState& sink, int64_t now);
   void CountGauges();

@@ -2,12 +2,12 @@
 
 #include <openssl/evp.h>
 #include <sqlite3.h>
-#include <xxhash.h>
 
 #include <cstring>
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "exporters/sqlite.h"
 #include "sidecar/core/strings.h"
 
 namespace invariantd {
@@ -17,87 +17,10 @@ constexpr int kApplicationId = 0x494e5644;  // "INVD"
 constexpr int kFormatVersion = 1;
 const std::string kZeroHash(64, '0');
 
-// A prepared statement, finalized on scope exit.
-class Stmt {
- public:
-  Stmt(sqlite3* db, std::string_view sql) : db_(db) {
-    rc_ = sqlite3_prepare_v2(db, sql.data(), static_cast<int>(sql.size()),
-                             &stmt_, nullptr);
-  }
-  ~Stmt() { sqlite3_finalize(stmt_); }
-  Stmt(const Stmt&) = delete;
-  Stmt& operator=(const Stmt&) = delete;
-
-  absl::Status status() const {
-    if (rc_ == SQLITE_OK) return absl::OkStatus();
-    return absl::InternalError(
-        absl::StrCat("sqlite prepare: ", sqlite3_errmsg(db_)));
-  }
-  void Bind(int i, std::string_view text) {
-    sqlite3_bind_text64(stmt_, i, text.data(),
-                        static_cast<sqlite3_uint64>(text.size()),
-                        SQLITE_TRANSIENT, SQLITE_UTF8);
-  }
-  void BindBlob(int i, std::string_view bytes) {
-    sqlite3_bind_blob64(stmt_, i, bytes.data(),
-                        static_cast<sqlite3_uint64>(bytes.size()),
-                        SQLITE_TRANSIENT);
-  }
-  void Bind(int i, int64_t v) { sqlite3_bind_int64(stmt_, i, v); }
-  void BindU(int i, uint64_t v) {
-    sqlite3_bind_int64(stmt_, i, static_cast<int64_t>(v));  // bit pattern
-  }
-  // SQLITE_ROW, SQLITE_DONE or an error code.
-  int Step() { return sqlite3_step(stmt_); }
-  void Reset() {
-    sqlite3_reset(stmt_);
-    sqlite3_clear_bindings(stmt_);
-  }
-  std::string Text(int col) const {
-    const auto* p =
-        reinterpret_cast<const char*>(sqlite3_column_blob(stmt_, col));
-    const int n = sqlite3_column_bytes(stmt_, col);
-    return p == nullptr ? std::string()
-                        : std::string(p, static_cast<size_t>(n));
-  }
-  int64_t Int(int col) const { return sqlite3_column_int64(stmt_, col); }
-  uint64_t U(int col) const { return static_cast<uint64_t>(Int(col)); }
-
- private:
-  sqlite3* db_;
-  sqlite3_stmt* stmt_ = nullptr;
-  int rc_ = SQLITE_OK;
-};
-
-absl::Status SqlError(sqlite3* db, std::string_view what) {
-  const int code = sqlite3_errcode(db);
-  const std::string text = absl::StrCat(AV(what), ": ", sqlite3_errmsg(db));
-  switch (code) {
-    case SQLITE_CORRUPT:
-    case SQLITE_NOTADB:
-      return absl::DataLossError(text);
-    case SQLITE_FULL:
-    case SQLITE_IOERR:
-    case SQLITE_CANTOPEN:
-      return absl::UnavailableError(text);
-    case SQLITE_BUSY:
-    case SQLITE_LOCKED:
-      return absl::UnavailableError(text);
-    case SQLITE_READONLY:
-      return absl::FailedPreconditionError(text);
-    default:
-      return absl::InternalError(text);
-  }
-}
-
-absl::Status Exec(sqlite3* db, const char* sql) {
-  char* err = nullptr;
-  if (sqlite3_exec(db, sql, nullptr, nullptr, &err) != SQLITE_OK) {
-    sqlite3_free(err);
-    return SqlError(db, sql);
-  }
-  return absl::OkStatus();
-}
+using sqlite_internal::Exec;
+using sqlite_internal::InTransaction;
+using sqlite_internal::SqlError;
+using sqlite_internal::Stmt;
 
 void AppendField(std::string* out, std::string_view bytes) {
   uint64_t n = bytes.size();
@@ -136,16 +59,6 @@ EvidenceRecord ReadRow(const Stmt& s) {
   r.prev_hash = s.Text(19);
   r.hash = s.Text(20);
   return r;
-}
-
-// Runs `body` in one IMMEDIATE transaction; rolls back if it fails.
-template <typename F>
-absl::Status InTransaction(sqlite3* db, F&& body) {
-  if (absl::Status s = Exec(db, "BEGIN IMMEDIATE"); !s.ok()) return s;
-  absl::Status s = body();
-  if (s.ok()) s = Exec(db, "COMMIT");
-  if (!s.ok()) Exec(db, "ROLLBACK").IgnoreError();
-  return s;
 }
 
 }  // namespace
@@ -322,145 +235,8 @@ absl::Status EvidenceStore::Init() {
     if (absl::Status s = Exec(db_, "PRAGMA synchronous=FULL"); !s.ok()) {
       return s;
     }
-    // The rule-state checkpoint (see WriteState). Added to stores created
-    // before it existed, so it is created when missing.
-    for (const char* sql : {
-             "CREATE TABLE IF NOT EXISTS state_image("
-             " seq INTEGER NOT NULL, part INTEGER NOT NULL,"
-             " chunk INTEGER NOT NULL, full INTEGER NOT NULL,"
-             " data BLOB NOT NULL, checksum INTEGER NOT NULL,"
-             " PRIMARY KEY(seq, part, chunk))",
-             "CREATE TABLE IF NOT EXISTS state_meta("
-             " one INTEGER PRIMARY KEY CHECK(one = 1),"
-             " workers INTEGER NOT NULL, ruleset_digest TEXT NOT NULL)",
-             "CREATE TABLE IF NOT EXISTS state_position("
-             " stream TEXT PRIMARY KEY, last_offset INTEGER NOT NULL)",
-         }) {
-      if (absl::Status e = Exec(db_, sql); !e.ok()) return e;
-    }
   }
   return LoadHead();
-}
-
-absl::Status EvidenceStore::WriteState(sqlite3* db, const StateCheckpoint& c,
-                                       size_t chunk_bytes) {
-  if (c.full) {
-    for (const char* sql : {"DELETE FROM state_image", "DELETE FROM state_meta",
-                            "DELETE FROM state_position"}) {
-      if (absl::Status e = Exec(db, sql); !e.ok()) return e;
-    }
-    Stmt meta(db, "INSERT INTO state_meta VALUES(1, ?1, ?2)");
-    if (!meta.status().ok()) return meta.status();
-    meta.Bind(1, int64_t{c.workers});
-    meta.Bind(2, c.ruleset_digest);
-    if (meta.Step() != SQLITE_DONE) return SqlError(db, "writing state meta");
-  }
-  uint64_t seq = 1;
-  {
-    Stmt next(db, "SELECT IFNULL(MAX(seq), 0) + 1 FROM state_image");
-    if (!next.status().ok() || next.Step() != SQLITE_ROW) {
-      return SqlError(db, "numbering the state image");
-    }
-    seq = next.U(0);
-  }
-  // An image is stored in chunks of at most chunk_bytes (SQLite's blob
-  // limit is 1e9 bytes).
-  Stmt ins(db, "INSERT INTO state_image VALUES(?1, ?2, ?3, ?4, ?5, ?6)");
-  if (!ins.status().ok()) return ins.status();
-  for (size_t part = 0; part < c.parts.size(); ++part) {
-    const std::string_view data = c.parts[part];
-    size_t chunk = 0;
-    for (size_t at = 0; at < data.size() || chunk == 0; ++chunk) {
-      const std::string_view piece = data.substr(at, chunk_bytes);
-      at += piece.size();
-      ins.BindU(1, seq);
-      ins.BindU(2, part);
-      ins.BindU(3, chunk);
-      ins.Bind(4, int64_t{c.full ? 1 : 0});
-      ins.BindBlob(4 + 1, piece);
-      ins.BindU(6, XXH3_64bits(piece.data(), piece.size()));
-      if (ins.Step() != SQLITE_DONE) return SqlError(db, "writing rule state");
-      ins.Reset();
-    }
-  }
-  // Positions: replaced as a whole (streams that ended are dropped).
-  if (absl::Status e = Exec(db, "DELETE FROM state_position"); !e.ok()) {
-    return e;
-  }
-  Stmt pos(db, "INSERT INTO state_position VALUES(?1, ?2)");
-  if (!pos.status().ok()) return pos.status();
-  for (const auto& [stream, offset] : c.positions) {
-    pos.Bind(1, stream);
-    pos.BindU(2, offset);
-    if (pos.Step() != SQLITE_DONE) return SqlError(db, "writing positions");
-    pos.Reset();
-  }
-  return absl::OkStatus();
-}
-
-absl::StatusOr<std::optional<StoredState>> EvidenceStore::LoadState() {
-  StoredState out;
-  {
-    Stmt meta(db_, "SELECT workers, ruleset_digest FROM state_meta");
-    if (!meta.status().ok()) return SqlError(db_, "reading state meta");
-    const int rc = meta.Step();
-    if (rc == SQLITE_DONE) return std::optional<StoredState>();
-    if (rc != SQLITE_ROW) return SqlError(db_, "reading state meta");
-    out.workers = static_cast<int>(meta.Int(0));
-    out.ruleset_digest = meta.Text(1);
-  }
-  out.parts.resize(static_cast<size_t>(out.workers) + 1);
-  Stmt img(db_,
-           "SELECT seq, part, chunk, full, data, checksum FROM state_image"
-           " ORDER BY seq, part, chunk");
-  if (!img.status().ok()) return SqlError(db_, "reading rule state");
-  bool first = true;
-  int rc;
-  uint64_t last_seq = 0, last_part = 0, last_chunk = 0;
-  while ((rc = img.Step()) == SQLITE_ROW) {
-    const uint64_t seq = img.U(0);
-    const uint64_t part = img.U(1);
-    const uint64_t chunk = img.U(2);
-    std::string data = img.Text(4);
-    if (XXH3_64bits(data.data(), data.size()) != img.U(5)) {
-      return absl::DataLossError(absl::StrCat("rule state image ", seq,
-                                              " part ", part, " chunk ", chunk,
-                                              " fails its checksum"));
-    }
-    if (part >= out.parts.size()) {
-      return absl::DataLossError(absl::StrCat("rule state image ", seq,
-                                              " has an unknown part ", part));
-    }
-    if (first && img.Int(3) == 0) {
-      return absl::DataLossError(
-          "the rule state starts with a change image, not a full one");
-    }
-    const bool continues = !first && seq == last_seq && part == last_part &&
-                           chunk > 0 && chunk == last_chunk + 1;
-    if (chunk > 0 && !continues) {
-      return absl::DataLossError(absl::StrCat(
-          "rule state image ", seq, " part ", part, " misses a chunk"));
-    }
-    first = false;
-    out.bytes += data.size();
-    if (continues) {
-      out.parts[part].back().append(data);
-    } else {
-      ++out.images;
-      out.parts[part].push_back(std::move(data));
-    }
-    last_seq = seq;
-    last_part = part;
-    last_chunk = chunk;
-  }
-  if (rc != SQLITE_DONE) return SqlError(db_, "reading rule state");
-  Stmt pos(db_, "SELECT stream, last_offset FROM state_position");
-  if (!pos.status().ok()) return SqlError(db_, "reading positions");
-  while ((rc = pos.Step()) == SQLITE_ROW) {
-    out.positions.emplace_back(pos.Text(0), pos.U(1));
-  }
-  if (rc != SQLITE_DONE) return SqlError(db_, "reading positions");
-  return std::optional<StoredState>(std::move(out));
 }
 
 absl::Status EvidenceStore::LoadHead() {

@@ -101,28 +101,6 @@ struct EvidencePrune {
   uint64_t anchor_seq = 0;  // the chain now starts after this row
 };
 
-// One rule-state checkpoint (sidecar/pipeline): the engines' images --
-// part 0 the dispatcher's (redelivery window), parts 1..workers the
-// workers' -- and the last evaluated position of every stream.
-struct StateCheckpoint {
-  bool full = false;  // replaces everything stored before
-  int workers = 0;
-  std::string ruleset_digest;
-  std::vector<std::string> parts;
-  std::vector<std::pair<std::string, uint64_t>> positions;
-};
-
-// What LoadState returns: per part, the images to apply in order (a full
-// one, then changes).
-struct StoredState {
-  int workers = 0;
-  std::string ruleset_digest;
-  std::vector<std::vector<std::string>> parts;
-  std::vector<std::pair<std::string, uint64_t>> positions;
-  uint64_t images = 0;
-  uint64_t bytes = 0;
-};
-
 class EvidenceStore {
  public:
   // Opens (creating it unless read_only) the database at `path`. A file
@@ -160,18 +138,6 @@ class EvidenceStore {
   // is still committed when `extra` is set).
   absl::StatusOr<size_t> Append(std::vector<EvidenceRecord>* records,
                                 const TxnFn& extra = nullptr);
-
-  // Writes a rule-state checkpoint; call it inside Append's transaction
-  // (as `extra`) so that it commits together with the evidence. A full
-  // checkpoint replaces the stored state; a change image is added after
-  // it. Every image carries a checksum.
-  // Images are stored in rows of at most `chunk_bytes`.
-  static absl::Status WriteState(sqlite3* db, const StateCheckpoint& c,
-                                 size_t chunk_bytes = size_t{64} << 20);
-  // The stored checkpoint (nullopt when there is none). DataLoss when an
-  // image fails its checksum or the sequence is not a full image followed
-  // by changes.
-  absl::StatusOr<std::optional<StoredState>> LoadState();
 
   // The connection, for owners of other tables in the same database (to
   // create their schema, and in hooks). Used by one thread at a time, like

@@ -23,7 +23,7 @@ struct Monotonic {
     }
   };
   // 16 bytes: the last value (int64 or double bits) and the line that set it
-  // (56 bits) with the number kind in the top byte.
+  // (first reached it; 56 bits) with the number kind in the top byte.
   struct State {
     uint64_t bits = 0;
     uint64_t line_and_tag = 0;
@@ -75,6 +75,10 @@ struct Monotonic {
       const Value prev = Load(s);
       const std::optional<int> cmp = Value::CompareNumbers(v, prev);
       if (!cmp.has_value()) return ObserveStatus::kTypeError;  // NaN
+      // An equal value leaves the state -- and the line that set it -- as
+      // it was (most events of a key repeat its value; an unchanged state
+      // also costs nothing in a checkpoint).
+      if (*cmp == 0 && !c.strict) return ObserveStatus::kOk;
       if (*cmp < 0 || (c.strict && *cmp == 0)) {
         Finding f;
         f.reason = *cmp < 0 ? "regressed" : "not_increasing";

@@ -104,7 +104,8 @@ struct Transition {
                              ", which the transition graph does not allow"));
       }
     }
-    s = State{to, line};
+    // A self-transition keeps the line that entered the state.
+    if (is_new || s.current != to) s = State{to, line};
     return ObserveStatus::kOk;
   }
   static size_t HeapBytes(const State&) { return 0; }

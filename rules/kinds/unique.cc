@@ -97,24 +97,19 @@ class UniqueState final : public RuleState {
   void TrackChanges() override { table_.TrackChanges(); }
 
   // Image: layout tag, the window counters, then (key, present, entry).
-  void SaveState(bool full, std::string* out) override {
+  size_t SaveState(const ImageSpec& spec, Pieces* pieces) override {
+    std::string* out = pieces->tail();
     PutU64(out, kLayoutTag);
-    PutU8(out, full ? 1 : 0);
+    PutU8(out, spec.full ? 1 : 0);
     PutU64(out, static_cast<uint64_t>(ordinal_));
     PutU8(out, swept_once_ ? 1 : 0);
     PutU64(out, static_cast<uint64_t>(last_sweep_));
-    auto put = [&](const Hash128& key, const UniqueEntry* e) {
-      PutHash(out, key);
-      PutU8(out, e != nullptr ? 1 : 0);
-      if (e != nullptr) PutRaw(out, *e);
-    };
-    if (full) {
-      table_.DrainChanges([](const Hash128&, const UniqueEntry*) {});
-      table_.ForEach(
-          [&](const Hash128& k, const UniqueEntry& e) { put(k, &e); });
-    } else {
-      table_.DrainChanges(put);
-    }
+    return PutTableImage(table_, spec, out,
+                         [&](const Hash128& key, const UniqueEntry* e) {
+                           PutHash(out, key);
+                           PutU8(out, e != nullptr ? 1 : 0);
+                           if (e != nullptr) PutRaw(out, *e);
+                         });
   }
 
   bool RestoreState(std::string_view in) override {

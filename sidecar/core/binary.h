@@ -12,11 +12,57 @@
 #include <string>
 #include <string_view>
 #include <type_traits>
+#include <utility>
+#include <vector>
 
 #include "sidecar/core/hash.h"
 #include "sidecar/core/value.h"
 
 namespace invariantd {
+
+// Bytes held as a list of pieces (read as their concatenation), so that a
+// large buffer is moved in, not copied: checkpoint images hold megabytes
+// of change logs, and they are built on the evaluation threads.
+class Pieces {
+ public:
+  Pieces() = default;
+  Pieces(std::string bytes) {  // NOLINT: implicit, a one-piece image
+    if (!bytes.empty()) list_.push_back(std::move(bytes));
+  }
+  Pieces(const char* bytes) : Pieces(std::string(bytes)) {}  // NOLINT
+
+  // The piece appends go to.
+  std::string* tail() {
+    if (list_.empty() || adopted_) {
+      list_.emplace_back();
+      adopted_ = false;
+    }
+    return &list_.back();
+  }
+  // Moves `bytes` in as a piece of its own (appends after it start anew).
+  void Adopt(std::string&& bytes) {
+    if (bytes.empty()) return;
+    list_.push_back(std::move(bytes));
+    adopted_ = true;
+  }
+  size_t size() const {
+    size_t n = 0;
+    for (const std::string& p : list_) n += p.size();
+    return n;
+  }
+  const std::vector<std::string>& pieces() const { return list_; }
+  std::string* piece(size_t i) { return &list_[i]; }
+  std::string Join() const {
+    std::string out;
+    out.reserve(size());
+    for (const std::string& p : list_) out.append(p);
+    return out;
+  }
+
+ private:
+  std::vector<std::string> list_;
+  bool adopted_ = false;  // the last piece was moved in: do not append
+};
 
 inline void PutU64(std::string* out, uint64_t v) {
   char b[8];

@@ -174,7 +174,7 @@ TEST_F(EvidenceRunTest, StoresOnceQueriesAndSurvivesReevaluation) {
   fs::remove(dir_ / "data" / "tail-positions.json");
   {
     sqlite3* db = nullptr;
-    ASSERT_EQ(sqlite3_open((dir_ / "data" / "evidence.db").c_str(), &db),
+    ASSERT_EQ(sqlite3_open((dir_ / "data" / "state.db").c_str(), &db),
               SQLITE_OK);
     ASSERT_EQ(sqlite3_exec(db,
                            "DELETE FROM state_meta; DELETE FROM state_image;"
@@ -295,7 +295,8 @@ TEST_F(DamageTest, ADamagedStateImageStartsEmptyAndSaysSo) {
   Populate();
   {
     sqlite3* db = nullptr;
-    ASSERT_EQ(sqlite3_open(Db().c_str(), &db), SQLITE_OK);
+    ASSERT_EQ(sqlite3_open((dir_ / "data" / "state.db").c_str(), &db),
+              SQLITE_OK);
     // Same length, other bytes: only the checksum can tell.
     ASSERT_EQ(sqlite3_exec(db,
                            "UPDATE state_image SET data = "
@@ -326,6 +327,39 @@ TEST_F(DamageTest, ADamagedStateImageStartsEmptyAndSaysSo) {
   })) << c->err();
   c->Signal(SIGTERM);
   EXPECT_EQ(c->Wait(), 0);
+}
+
+// The state database itself torn (truncated): it holds derived data, so it
+// is moved aside for a look and the rules start empty, logged, exported and
+// shown on /readyz; the evidence is untouched and the daemon runs.
+TEST_F(DamageTest, ATornStateDatabaseIsMovedAsideAndTheRulesStartEmpty) {
+  Populate();
+  const fs::path state = dir_ / "data" / "state.db";
+  ASSERT_TRUE(fs::exists(state));
+  ASSERT_FALSE(fs::exists(dir_ / "data" / "state.db-wal"));  // closed cleanly
+  const auto size = fs::file_size(state);
+  ASSERT_GT(size, 2u * 65536u);
+  fs::resize_file(state, size / 2 + 100);
+  auto c = Start();
+  ASSERT_TRUE(c->WaitFor([&] {
+    return Metrics().find("invariantd_state_restored 0") != std::string::npos;
+  })) << c->err();
+  EXPECT_THAT(c->err(), HasSubstr("\"rule state not restored\""));
+  EXPECT_THAT(c->err(), HasSubstr("moved to"));
+  std::string ready;
+  Shell("curl -s " + Url("/readyz"), &ready);
+  EXPECT_THAT(ready, HasSubstr("state: the rule-state database was damaged"));
+  size_t aside = 0;
+  for (const auto& e : fs::directory_iterator(dir_ / "data")) {
+    if (e.path().filename().string().rfind("state.db.damaged-", 0) == 0) {
+      ++aside;
+    }
+  }
+  EXPECT_EQ(aside, 1u);
+  c->Signal(SIGTERM);
+  EXPECT_EQ(c->Wait(), 0) << c->err();
+  std::string out;
+  EXPECT_EQ(Cli("verify --data-dir " + Data(), &out), 0) << out;
 }
 
 }  // namespace

@@ -1,20 +1,23 @@
 // Rule-state checkpoints against a run that never crashed.
 //
 // A pipeline evaluates a generated stream and writes checkpoints (a full
-// image, then change images) through the real evidence store. A "crash"
-// keeps only the checkpoints up to a random one, as if the later ones had
-// never been committed. A new pipeline restores them, and its source
-// resumes from an earlier position (sources save their positions lazily),
-// so it re-reads records the restored state already holds. What the first
-// pipeline reported up to the crash's checkpoint, plus everything the
-// second one reports, must equal exactly what the first one reports on the
-// whole stream (and so what the single-threaded replayer
-// does: pipeline_test): nothing lost, nothing reported twice. The
-// stream hits every stateful kind, key eviction and the redelivery window.
+// image, then changes plus rolling slices of the keys) through the real
+// state store, which keeps only what a restore needs. A "crash" keeps only
+// the checkpoints up to a random one, as if the later ones had never been
+// committed. A new pipeline restores them, and its source resumes from an
+// earlier position (sources save their positions lazily), so it re-reads
+// records the restored state already holds; it runs on for a while,
+// checkpointing into the same store, and crashes too; a third one restores
+// that and runs to the end. What each life reported between its restore
+// point and the next crash's must together equal exactly what the first
+// one reports on the whole stream (and so what the single-threaded
+// replayer does: pipeline_test): nothing lost, nothing reported twice. The
+// stream hits every stateful kind and the redelivery window.
 #include <sqlite3.h>
 
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -24,7 +27,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "exporters/evidence/store.h"
+#include "exporters/evidence/state_store.h"
 #include "gtest/gtest.h"
 #include "rapidcheck/gtest.h"
 #include "rules/engine.h"
@@ -76,14 +79,17 @@ class NullAcker : public Acker {
 
 struct Life {
   std::mutex mu;
+  std::condition_variable cv;  // a checkpoint arrived
   std::vector<Found> found;
   std::vector<std::pair<uint64_t, StateCheckpoint>> checkpoints;
 };
 
 std::unique_ptr<Pipeline> MakePipeline(int workers, Life* run,
-                                       size_t dedupe_window = 1 << 16) {
+                                       size_t dedupe_window = 1 << 16,
+                                       double slice_fraction = 0) {
   PipelineOptions o;
   o.workers = workers;
+  o.slice_fraction = slice_fraction;
   o.engine.dedupe_window = dedupe_window;
   o.queue_capacity = 64;
   o.worker_queue_capacity = 16;
@@ -91,6 +97,7 @@ std::unique_ptr<Pipeline> MakePipeline(int workers, Life* run,
   o.on_checkpoint = [run](uint64_t epoch, StateCheckpoint c) {
     std::lock_guard<std::mutex> l(run->mu);
     run->checkpoints.emplace_back(epoch, std::move(c));
+    run->cv.notify_all();
   };
   auto p = Pipeline::Create(Rules(), o, [run](const Violation& v) {
     std::lock_guard<std::mutex> l(run->mu);
@@ -101,10 +108,11 @@ std::unique_ptr<Pipeline> MakePipeline(int workers, Life* run,
 }
 
 void Feed(Pipeline* p, const std::vector<std::string>& lines, size_t from,
-          size_t chunk, Acker* acker) {
-  for (size_t i = from; i < lines.size();) {
+          size_t chunk, Acker* acker, size_t to = SIZE_MAX) {
+  to = std::min(to, lines.size());
+  for (size_t i = from; i < to;) {
     std::vector<Record> batch;
-    for (size_t n = 0; n < chunk && i < lines.size(); ++n, ++i) {
+    for (size_t n = 0; n < chunk && i < to; ++n, ++i) {
       Record r;
       r.source = "f";
       r.kind = 0;
@@ -137,11 +145,14 @@ RC_GTEST_PROP(CheckpointProperty, RestoreAfterACrashLosesAndDoublesNothing,
   }
   RC_PRE(!lines.empty());
 
+  // Slices of a fixed share of the keys, or sized by the pipeline (here
+  // the whole state at once: it is small).
+  const double slices = *rc::gen::element(0.0, 0.5, 0.3, 0.1);
   // First life: runs to the end, checkpointing as it goes.
   NullAcker acker;
   Life first;
   {
-    auto p = MakePipeline(workers, &first, window);
+    auto p = MakePipeline(workers, &first, window, slices);
     p->Start();
     Feed(p.get(), lines, 0, *rc::gen::inRange<size_t>(1, 9), &acker);
     p->Stop();
@@ -158,53 +169,79 @@ RC_GTEST_PROP(CheckpointProperty, RestoreAfterACrashLosesAndDoublesNothing,
   // max_keys over workers must be the same on both sides).
   const std::vector<Found> want = first.found;
 
-  // The crash: only checkpoints 1..last reached the store.
-  const size_t last =
-      *rc::gen::inRange<size_t>(1, first.checkpoints.size() + 1);
   TempDir dir;
-  auto store = EvidenceStore::Open(dir.path() + "/evidence.db");
+  auto store = StateStore::Open(dir.path() + "/state.db");
   RC_ASSERT(store.ok());
-  for (size_t i = 0; i < last; ++i) {
-    std::vector<EvidenceRecord> none;
-    const StateCheckpoint& c = first.checkpoints[i].second;
-    RC_ASSERT((*store)
-                  ->Append(&none,
-                           [&](sqlite3* db, const auto&) {
-                             return EvidenceStore::WriteState(db, c);
-                           })
-                  .ok());
-  }
-  auto stored = (*store)->LoadState();
-  RC_ASSERT(stored.ok());
-  RC_ASSERT(stored->has_value());
-  // The cut: the last record evaluated before that checkpoint.
-  uint64_t cut = 0;
-  for (const auto& [stream, offset] : (*stored)->positions) {
-    RC_ASSERT(stream == "file:7");
-    cut = offset;
-  }
+  // A crash after the first `n` checkpoints of a life reached the store;
+  // returns the cut: the last record evaluated before the last of them.
+  auto crash = [&](const Life& life, size_t n) {
+    for (size_t i = 0; i < n; ++i) {
+      RC_ASSERT((*store)->Write(life.checkpoints[i].second).ok());
+    }
+    auto stored = (*store)->Load();
+    RC_ASSERT(stored.ok());
+    RC_ASSERT(stored->has_value());
+    uint64_t cut = 0;
+    for (const auto& [stream, offset] : (*stored)->positions) {
+      RC_ASSERT(stream == "file:7");
+      cut = offset;
+    }
+    return std::make_pair(cut, **std::move(stored));
+  };
+  const size_t last1 =
+      *rc::gen::inRange<size_t>(1, first.checkpoints.size() + 1);
+  auto [cut1, stored1] = crash(first, last1);
 
   // Second life: restores, and its source resumes somewhere at or before
-  // the cut (it may have saved its position long before).
+  // the cut (it may have saved its position long before). It stops at a
+  // random later point and crashes after some of its own checkpoints.
   Life second;
+  const size_t stop2 = *rc::gen::inRange<size_t>(cut1, lines.size() + 1);
   {
-    auto p = MakePipeline(workers, &second, window);
-    const Pipeline::RestoreReport rep = p->Restore(**stored);
+    auto p = MakePipeline(workers, &second, window, slices);
+    const Pipeline::RestoreReport rep = p->Restore(stored1);
     RC_ASSERT(rep.restored);
     RC_ASSERT(rep.skipped.empty());
     RC_ASSERT(rep.discarded.empty());
     p->Start();
-    const size_t resume = *rc::gen::inRange<size_t>(0, cut + 1);
+    const size_t resume = *rc::gen::inRange<size_t>(0, cut1 + 1);
+    Feed(p.get(), lines, resume, *rc::gen::inRange<size_t>(1, 9), &acker,
+         stop2);
+    p->Stop();
+  }
+  std::sort(second.checkpoints.begin(), second.checkpoints.end(),
+            [](const auto& a, const auto& b) { return a.first < b.first; });
+  uint64_t cut2 = cut1;
+  StoredState stored2 = stored1;
+  if (!second.checkpoints.empty()) {
+    RC_ASSERT(!second.checkpoints.front().second.full);  // continues the base
+    const size_t last2 =
+        *rc::gen::inRange<size_t>(1, second.checkpoints.size() + 1);
+    std::tie(cut2, stored2) = crash(second, last2);
+  }
+
+  // Third life: restores what the second one left and runs to the end.
+  Life third;
+  {
+    auto p = MakePipeline(workers, &third, window, slices);
+    const Pipeline::RestoreReport rep = p->Restore(stored2);
+    RC_ASSERT(rep.restored);
+    p->Start();
+    const size_t resume = *rc::gen::inRange<size_t>(0, cut2 + 1);
     Feed(p.get(), lines, resume, *rc::gen::inRange<size_t>(1, 9), &acker);
     p->Stop();
   }
 
   std::vector<Found> got;
   for (const Found& f : first.found) {
-    if (std::get<0>(f) <= cut) got.push_back(f);
+    if (std::get<0>(f) <= cut1) got.push_back(f);
   }
   for (const Found& f : second.found) {
-    RC_ASSERT(std::get<0>(f) > cut);  // nothing reported twice
+    RC_ASSERT(std::get<0>(f) > cut1);  // nothing reported twice
+    if (std::get<0>(f) <= cut2) got.push_back(f);
+  }
+  for (const Found& f : third.found) {
+    RC_ASSERT(std::get<0>(f) > cut2);
     got.push_back(f);
   }
   std::sort(got.begin(), got.end());
@@ -220,11 +257,60 @@ RC_GTEST_PROP(CheckpointProperty, RestoreAfterACrashLosesAndDoublesNothing,
     };
     std::string stream;
     for (const auto& l : lines) absl::StrAppend(&stream, l, "\n");
-    RC_FAIL(absl::StrCat("cut ", cut, " of ", lines.size(), "; checkpoint ",
-                         last, " of ", first.checkpoints.size(),
-                         "\ngot:  ", dump(got), "\nwant: ", dump(sorted_want),
-                         "\n", stream));
+    RC_FAIL(absl::StrCat(
+        "cuts ", cut1, ", ", cut2, " of ", lines.size(), "; checkpoint ", last1,
+        " of ", first.checkpoints.size(), ", slices ", slices,
+        "\ngot:  ", dump(got), "\nwant: ", dump(sorted_want), "\n", stream));
   }
+}
+
+// The redelivery window survives rolling checkpoints: the first slice of
+// each round carries the whole window, so an identity taken in before the
+// checkpoints a restore reads (here the very first event) is still known.
+TEST(CheckpointTest, RedeliveryWindowSurvivesTheRollingBase) {
+  TempDir dir;
+  auto store = StateStore::Open(dir.path() + "/state.db");
+  ASSERT_TRUE(store.ok());
+  NullAcker acker;
+  Life first;
+  std::vector<std::string> lines;
+  for (int i = 0; i < 12; ++i) lines.push_back(GenLine(i % 3, i, i, 0, i));
+  {
+    auto p = MakePipeline(1, &first, 1 << 16, /*slice_fraction=*/0.5);
+    p->Start();
+    // One record per batch: a checkpoint after each.
+    for (size_t i = 0; i < lines.size(); ++i) {
+      Feed(p.get(), lines, i, 1, &acker, i + 1);
+      std::unique_lock<std::mutex> l(first.mu);
+      ASSERT_TRUE(first.cv.wait_for(l, std::chrono::seconds(60), [&] {
+        return first.checkpoints.size() > i;
+      }));
+    }
+    p->Stop();
+  }
+  std::sort(first.checkpoints.begin(), first.checkpoints.end(),
+            [](const auto& a, const auto& b) { return a.first < b.first; });
+  ASSERT_GE(first.checkpoints.size(), 6u);
+  for (const auto& [epoch, c] : first.checkpoints) {
+    ASSERT_TRUE((*store)->Write(c).ok());
+  }
+  auto stored = (*store)->Load();
+  ASSERT_TRUE(stored.ok() && stored->has_value());
+  ASSERT_LT((*stored)->checkpoints, first.checkpoints.size());  // rolled on
+  Life second;
+  auto q = MakePipeline(1, &second, 1 << 16, 0.5);
+  ASSERT_TRUE(q->Restore(**stored).restored);
+  q->Start();
+  // The first event again, at a new position (a producer's retry).
+  std::vector<Record> batch(1);
+  batch[0].source = "f";
+  batch[0].stream = 8;
+  batch[0].line = 1;
+  batch[0].offset = 1;
+  batch[0].bytes = lines[0];
+  q->PushAll(&batch);
+  q->Stop();
+  EXPECT_EQ(q->Stats().redelivered, 1u);
 }
 
 // A checkpoint written by a different number of workers is not loaded
@@ -243,7 +329,7 @@ TEST(CheckpointTest, DifferentWorkerCountStartsEmptyWithAReason) {
   st.parts.resize(static_cast<size_t>(st.workers) + 1);
   for (const auto& [epoch, c] : first.checkpoints) {
     for (size_t k = 0; k < c.parts.size(); ++k)
-      st.parts[k].push_back(c.parts[k]);
+      st.parts[k].push_back(c.parts[k].Join());
   }
   Life second;
   auto q = MakePipeline(1, &second);
@@ -267,7 +353,7 @@ TEST(CheckpointTest, MalformedImageIsRefused) {
   st.parts.resize(2);
   for (const auto& [epoch, c] : first.checkpoints) {
     for (size_t k = 0; k < c.parts.size(); ++k)
-      st.parts[k].push_back(c.parts[k]);
+      st.parts[k].push_back(c.parts[k].Join());
   }
   ASSERT_GT(st.parts[1][0].size(), 20u);
   st.parts[1][0].resize(st.parts[1][0].size() - 3);  // torn
@@ -287,22 +373,15 @@ TEST(CheckpointTest, MalformedImageIsRefused) {
 // The store refuses an image that fails its checksum (a flipped bit).
 TEST(CheckpointTest, StoreDetectsAFlippedBitInAnImage) {
   TempDir dir;
-  const std::string path = dir.path() + "/evidence.db";
-  auto store = EvidenceStore::Open(path);
+  auto store = StateStore::Open(dir.path() + "/state.db");
   ASSERT_TRUE(store.ok());
   StateCheckpoint c;
   c.full = true;
   c.workers = 1;
   c.parts = {std::string(64, 'a'), std::string(64, 'b')};
   c.positions = {{"file:1", 10}};
-  std::vector<EvidenceRecord> none;
-  ASSERT_TRUE((*store)
-                  ->Append(&none,
-                           [&](sqlite3* db, const auto&) {
-                             return EvidenceStore::WriteState(db, c);
-                           })
-                  .ok());
-  auto ok = (*store)->LoadState();
+  ASSERT_TRUE((*store)->Write(c).ok());
+  auto ok = (*store)->Load();
   ASSERT_TRUE(ok.ok());
   ASSERT_TRUE(ok->has_value());
   EXPECT_EQ((*ok)->parts[1][0], std::string(64, 'b'));
@@ -313,43 +392,40 @@ TEST(CheckpointTest, StoreDetectsAFlippedBitInAnImage) {
                          "BLOB) WHERE part = 1",
                          nullptr, nullptr, nullptr),
             SQLITE_OK);
-  auto bad = (*store)->LoadState();
+  auto bad = (*store)->Load();
   ASSERT_FALSE(bad.ok());
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kDataLoss);
   EXPECT_NE(bad.status().message().find("checksum"), std::string::npos);
 }
 
-// Images larger than a row are split into chunks and joined on load, in
-// order; the sequence full, changes, full keeps only the last full one.
+// Images larger than a row are split into chunks, and images held in
+// several pieces are written piece after piece; both are joined on load,
+// in order. A full checkpoint replaces everything before it.
 TEST(CheckpointTest, StoreChunksLargeImagesAndKeepsTheLatestBase) {
   TempDir dir;
-  auto store = EvidenceStore::Open(dir.path() + "/evidence.db");
+  auto store = StateStore::Open(dir.path() + "/state.db");
   ASSERT_TRUE(store.ok());
-  auto write = [&](bool full, std::string a, std::string b) {
+  auto write = [&](bool full, Pieces a, Pieces b) {
     StateCheckpoint c;
     c.full = full;
     c.workers = 1;
     c.parts = {std::move(a), std::move(b)};
     c.positions = {{"file:9", full ? 5u : 7u}};
-    std::vector<EvidenceRecord> none;
-    ASSERT_TRUE((*store)
-                    ->Append(&none,
-                             [&](sqlite3* db, const auto&) {
-                               return EvidenceStore::WriteState(
-                                   db, c, /*chunk_bytes=*/7);
-                             })
-                    .ok());
+    ASSERT_TRUE((*store)->Write(c, /*chunk_bytes=*/7).ok());
   };
   write(true, "old-base-window", "old-base-worker");
   write(true, "base-window-0123456789", "");
-  write(false, "delta-window", "delta-worker-abcdefghijklmnop");
-  auto st = (*store)->LoadState();
+  Pieces worker("delta-worker-");
+  worker.Adopt(std::string("abcdefghijklmnop"));
+  worker.tail()->append("-end");
+  write(false, "delta-window", std::move(worker));
+  auto st = (*store)->Load();
   ASSERT_TRUE(st.ok()) << st.status();
   ASSERT_TRUE(st->has_value());
   EXPECT_EQ((*st)->parts[0], (std::vector<std::string>{"base-window-0123456789",
                                                        "delta-window"}));
-  EXPECT_EQ((*st)->parts[1],
-            (std::vector<std::string>{"", "delta-worker-abcdefghijklmnop"}));
+  EXPECT_EQ((*st)->parts[1], (std::vector<std::string>{
+                                 "", "delta-worker-abcdefghijklmnop-end"}));
   EXPECT_EQ((*st)->positions,
             (std::vector<std::pair<std::string, uint64_t>>{{"file:9", 7}}));
   // A lost middle chunk is found.
@@ -357,8 +433,59 @@ TEST(CheckpointTest, StoreChunksLargeImagesAndKeepsTheLatestBase) {
                          "DELETE FROM state_image WHERE part = 1 AND chunk = 2",
                          nullptr, nullptr, nullptr),
             SQLITE_OK);
-  auto bad = (*store)->LoadState();
+  auto bad = (*store)->Load();
   EXPECT_FALSE(bad.ok());
+}
+
+// Rolling checkpoints: each says how many of the latest a restore needs
+// (its keep); the store deletes the older ones with it, loads exactly
+// those, and refuses a state that misses one of them.
+TEST(CheckpointTest, StoreKeepsWhatTheNewestCheckpointNeeds) {
+  TempDir dir;
+  auto store = StateStore::Open(dir.path() + "/state.db");
+  ASSERT_TRUE(store.ok());
+  auto write = [&](bool full, uint64_t keep, std::string tag) {
+    StateCheckpoint c;
+    c.full = full;
+    c.keep = keep;
+    c.workers = 1;
+    c.parts = {tag + "-w", tag};
+    ASSERT_TRUE((*store)->Write(c).ok());
+  };
+  auto images = [&] {
+    auto st = (*store)->Load();
+    EXPECT_TRUE(st.ok()) << st.status();
+    if (!st.ok() || !st->has_value()) return std::vector<std::string>{};
+    EXPECT_EQ((*st)->checkpoints, (*st)->parts[1].size());
+    return (*st)->parts[1];
+  };
+  write(true, 1, "full");
+  write(false, 2, "a");
+  write(false, 3, "b");
+  EXPECT_EQ(images(), (std::vector<std::string>{"full", "a", "b"}));
+  write(false, 2, "c");  // a round of slices ended with b: from b on
+  EXPECT_EQ(images(), (std::vector<std::string>{"b", "c"}));
+  write(false, 3, "d");
+  EXPECT_EQ(images(), (std::vector<std::string>{"b", "c", "d"}));
+  int64_t rows = 0;
+  sqlite3_exec((*store)->db(),
+               "SELECT count(*) FROM state_image WHERE part = 1",
+               [](void* n, int, char** v, char**) {
+                 *static_cast<int64_t*>(n) = std::stoll(v[0]);
+                 return 0;
+               },
+               &rows, nullptr);
+  EXPECT_EQ(rows, 3);  // the older ones are gone
+  ASSERT_EQ(sqlite3_exec((*store)->db(),
+                         "DELETE FROM state_image WHERE seq = (SELECT seq"
+                         " FROM state_image WHERE CAST(data AS TEXT) = 'c')",
+                         nullptr, nullptr, nullptr),
+            SQLITE_OK);
+  auto bad = (*store)->Load();
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_NE(bad.status().message().find("misses checkpoint"), std::string::npos)
+      << bad.status();
 }
 
 // While the store has 4 checkpoints it cannot commit, the dispatcher stops
@@ -375,7 +502,10 @@ TEST(CheckpointTest, UncommittedCheckpointsHoldTheDispatcherBack) {
     std::lock_guard<std::mutex> l(life.mu);
     life.checkpoints.emplace_back(epoch, std::move(c));
   };
-  o.uncommitted_checkpoints = [&] { return uncommitted.load(); };
+  o.max_uncommitted_checkpoints = 4;
+  o.uncommitted_checkpoints = [&] {
+    return PipelineOptions::Uncommitted{uncommitted.load(), 0};
+  };
   auto p = Pipeline::Create(Rules(), o, [](const Violation&) {});
   ASSERT_TRUE(p.ok());
   (*p)->Start();

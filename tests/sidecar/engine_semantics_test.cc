@@ -57,6 +57,24 @@ TEST(EngineSemanticsTest, TypeErrorsAndMissingFieldsAreCountedApart) {
   EXPECT_EQ(o.counters[0].evaluated, 1u);
 }
 
+// previous_line is the line that set the state a violation contradicts:
+// for monotonic the first line that reached the value, for transition the
+// line that entered the state (repeats and self-transitions keep it).
+TEST(EngineSemanticsTest, PreviousLineIsTheLineThatSetTheState) {
+  const Outcome o = RunRules(
+      "rules:\n  - {name: m, kind: monotonic, key: [k], field: v}\n"
+      "  - name: t\n    kind: transition\n    key: [k]\n    field: s\n"
+      "    transitions: {A: [B], B: [A]}\n",
+      "{\"k\":1,\"v\":5,\"s\":\"A\"}\n{\"k\":1,\"v\":7,\"s\":\"B\"}\n"
+      "{\"k\":1,\"v\":7,\"s\":\"B\"}\n{\"k\":1,\"v\":7,\"s\":\"B\"}\n"
+      "{\"k\":1,\"v\":6,\"s\":\"C\"}\n");
+  ASSERT_EQ(o.violations.size(), 2u);
+  for (const Violation& v : o.violations) {
+    EXPECT_EQ(v.line, 5u);
+    EXPECT_EQ(v.previous_line, 2u) << v.rule;
+  }
+}
+
 TEST(EngineSemanticsTest, AlwaysJudgesEventsWithAbsentKeyFields) {
   const Outcome o = RunRules(
       "rules:\n  - {name: a, kind: always, key: [node], always: "

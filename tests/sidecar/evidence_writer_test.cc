@@ -76,6 +76,9 @@ std::unique_ptr<EvidenceWriter> MakeWriter(const std::string& path,
   EvidenceWriterOptions o;
   o.backoff = std::chrono::milliseconds(5);
   o.max_backoff = std::chrono::milliseconds(20);
+  // The rule-state checkpoints in their own database next to it.
+  auto state = StateStore::Open(path + ".state", false, busy_timeout_ms);
+  EXPECT_TRUE(state.ok()) << state.status();
   return std::make_unique<EvidenceWriter>(
       *std::move(store), o,
       [seen](const EvidenceRecord&, const std::string& payload) {
@@ -86,7 +89,8 @@ std::unique_ptr<EvidenceWriter> MakeWriter(const std::string& path,
         std::lock_guard<std::mutex> l(seen->mu);
         seen->errors.push_back(st);
         seen->cv.notify_all();
-      });
+      },
+      *std::move(state));
 }
 
 TEST(EvidenceWriterTest, AcksRunOnlyAfterEarlierRecordsAreDurable) {
@@ -209,15 +213,21 @@ TEST(EvidenceWriterTest, StopGivesUpAtTheDeadlineWithoutAcking) {
 }
 
 // Records of epoch e are acknowledged only once a checkpoint of a larger
-// epoch is committed; the checkpoint commits after the records before it.
+// epoch is committed; the checkpoint commits only after the records
+// submitted before it (its own database, written by its own thread).
 TEST(EvidenceWriterTest, CheckpointGateWaitsForTheCoveringCheckpoint) {
   TempDir dir;
   const std::string path = dir.File("e.db");
   Observed seen;
   auto w = MakeWriter(path, &seen);
   w->Start();
-  std::atomic<int> acked_epoch0{0}, acked_epoch1{0};
-  w->WhenCheckpointed(0, [&] { ++acked_epoch0; });
+  std::atomic<int> acked_epoch1{0};
+  std::promise<bool> epoch0;
+  // When checkpoint 1 is durable, the record before it must be too.
+  w->WhenCheckpointed(0, [&] {
+    auto reader = EvidenceStore::Open(path, /*read_only=*/true);
+    epoch0.set_value(reader.ok() && (*reader)->head_seq() == 1);
+  });
   w->WhenCheckpointed(1, [&] { ++acked_epoch1; });
   w->Submit(Rec(1), "one");
   StateCheckpoint c;
@@ -225,25 +235,60 @@ TEST(EvidenceWriterTest, CheckpointGateWaitsForTheCoveringCheckpoint) {
   c.workers = 1;
   c.parts = {"window-1", "worker-1"};
   w->SubmitCheckpoint(1, c);
-  // WhenDurable after the checkpoint: runs once it is committed.
-  std::promise<void> durable;
-  w->WhenDurable([&] { durable.set_value(); });
-  ASSERT_EQ(durable.get_future().wait_for(std::chrono::seconds(60)),
-            std::future_status::ready);
-  EXPECT_EQ(acked_epoch0.load(), 1);
+  auto f = epoch0.get_future();
+  ASSERT_EQ(f.wait_for(std::chrono::seconds(60)), std::future_status::ready);
+  EXPECT_TRUE(f.get());
   EXPECT_EQ(acked_epoch1.load(), 0);  // needs checkpoint 2
   EXPECT_EQ(w->Stats().checkpoint_epoch, 1u);
   c.full = false;
+  c.keep = 2;
   c.parts = {"window-2", "worker-2"};
   w->SubmitCheckpoint(2, c);
   ASSERT_TRUE(w->Stop());
   EXPECT_EQ(acked_epoch1.load(), 1);
   EXPECT_EQ(w->Stats().checkpoints, 2u);
-  // Both images are stored, the full one first, with the record.
-  auto store = EvidenceStore::Open(path, /*read_only=*/true);
-  ASSERT_TRUE(store.ok());
-  auto rec = (*store)->Get("id-1");
-  ASSERT_TRUE(rec.ok() && rec->has_value());
+  EXPECT_EQ(w->UncommittedCheckpoints(), 0u);
+  // Both images are stored, the full one first.
+  auto state = StateStore::Open(path + ".state");
+  ASSERT_TRUE(state.ok());
+  auto st = (*state)->Load();
+  ASSERT_TRUE(st.ok() && st->has_value());
+  EXPECT_EQ((*st)->parts[1],
+            (std::vector<std::string>{"worker-1", "worker-2"}));
+}
+
+// A checkpoint waits for the records submitted before it: while their
+// commits fail, it is not written (and nothing is acknowledged), even
+// though its own store is fine; it counts as uncommitted, with its bytes.
+TEST(EvidenceWriterTest, CheckpointWaitsForTheRecordsBeforeIt) {
+  TempDir dir;
+  const std::string path = dir.File("e.db");
+  Observed seen;
+  auto w = MakeWriter(path, &seen, /*busy_timeout_ms=*/1);
+  WriteLockHolder blocker(path);
+  w->Start();
+  w->Submit(Rec(1), "one");
+  StateCheckpoint c;
+  c.full = true;
+  c.workers = 1;
+  c.parts = {"window", "worker"};
+  w->SubmitCheckpoint(1, c);
+  std::atomic<bool> acked{false};
+  w->WhenCheckpointed(0, [&] { acked = true; });
+  {
+    std::unique_lock<std::mutex> l(seen.mu);
+    ASSERT_TRUE(seen.cv.wait_for(l, std::chrono::seconds(60),
+                                 [&] { return seen.errors.size() >= 2; }));
+  }
+  uint64_t bytes = 0;
+  EXPECT_EQ(w->UncommittedCheckpoints(&bytes), 1u);
+  EXPECT_EQ(bytes, 12u);
+  EXPECT_FALSE(acked.load());
+  EXPECT_EQ(w->Stats().checkpoints, 0u);
+  blocker.Release();  // the evidence store recovers: both commit, in order
+  ASSERT_TRUE(w->Stop());
+  EXPECT_TRUE(acked.load());
+  EXPECT_EQ(w->Stats().checkpoints, 1u);
 }
 
 // With the backlog full and commits failing, Submit blocks (backpressure)
@@ -300,13 +345,16 @@ TEST(EvidenceWriterTest, DiskFullHoldsEveryAckAndSaysWhy) {
   EvidenceWriterOptions o;
   o.backoff = std::chrono::milliseconds(5);
   o.max_backoff = std::chrono::milliseconds(20);
+  auto state = StateStore::Open(path + ".state");
+  ASSERT_TRUE(state.ok()) << state.status();
   EvidenceWriter w(
       *std::move(store), o, [](const EvidenceRecord&, const std::string&) {},
       [&seen](const absl::Status& st) {
         std::lock_guard<std::mutex> l(seen.mu);
         seen.errors.push_back(st);
         seen.cv.notify_all();
-      });
+      },
+      *std::move(state));
   w.Start();
   std::atomic<bool> record_acked{false};
   std::atomic<bool> checkpoint_acked{false};
@@ -333,6 +381,59 @@ TEST(EvidenceWriterTest, DiskFullHoldsEveryAckAndSaysWhy) {
       w.Stop(std::chrono::steady_clock::now() + std::chrono::milliseconds(50)));
   EXPECT_FALSE(record_acked.load());
   EXPECT_FALSE(checkpoint_acked.load());
+  EXPECT_EQ(w.Stats().checkpoints, 0u);
+}
+
+// R10 for the state store: its disk is full while the evidence store's is
+// not. The records commit and are counted, but no checkpoint does, so no
+// input is acknowledged; the error is surfaced and the writer unhealthy.
+TEST(EvidenceWriterTest, StateStoreFullHoldsTheCheckpointAcks) {
+  TempDir dir;
+  const std::string path = dir.File("e.db");
+  Observed seen;
+  auto store = EvidenceStore::Open(path);
+  ASSERT_TRUE(store.ok()) << store.status();
+  auto state = StateStore::Open(path + ".state");
+  ASSERT_TRUE(state.ok()) << state.status();
+  ASSERT_EQ(sqlite3_exec((*state)->db(), "PRAGMA max_page_count = 8", nullptr,
+                         nullptr, nullptr),
+            SQLITE_OK);
+  EvidenceWriterOptions o;
+  o.backoff = std::chrono::milliseconds(5);
+  o.max_backoff = std::chrono::milliseconds(20);
+  EvidenceWriter w(
+      *std::move(store), o, [](const EvidenceRecord&, const std::string&) {},
+      [&seen](const absl::Status& st) {
+        std::lock_guard<std::mutex> l(seen.mu);
+        seen.errors.push_back(st);
+        seen.cv.notify_all();
+      },
+      *std::move(state));
+  w.Start();
+  w.Submit(Rec(1), "one");
+  std::promise<void> durable;
+  w.WhenDurable([&] { durable.set_value(); });
+  StateCheckpoint c;
+  c.full = true;
+  c.workers = 1;
+  c.parts = {"window", std::string(1 << 20, 's')};  // more than 8 pages
+  w.SubmitCheckpoint(1, std::move(c));
+  std::atomic<bool> acked{false};
+  w.WhenCheckpointed(0, [&] { acked = true; });
+  ASSERT_EQ(durable.get_future().wait_for(std::chrono::seconds(60)),
+            std::future_status::ready);  // the evidence is fine
+  {
+    std::unique_lock<std::mutex> l(seen.mu);
+    ASSERT_TRUE(seen.cv.wait_for(l, std::chrono::seconds(60),
+                                 [&] { return seen.errors.size() >= 2; }));
+    EXPECT_NE(seen.errors[0].message().find("full"), std::string::npos)
+        << seen.errors[0];
+  }
+  EXPECT_FALSE(w.healthy());
+  EXPECT_EQ(w.Stats().stored, 1u);
+  EXPECT_FALSE(
+      w.Stop(std::chrono::steady_clock::now() + std::chrono::milliseconds(50)));
+  EXPECT_FALSE(acked.load());
   EXPECT_EQ(w.Stats().checkpoints, 0u);
 }
 

@@ -1,6 +1,7 @@
-// Small SQLite helpers shared by the alerting sources (internal header).
-#ifndef INVARIANTD_EXPORTERS_ALERTING_SQL_H_
-#define INVARIANTD_EXPORTERS_ALERTING_SQL_H_
+// Small SQLite helpers shared by the evidence store, the rule-state store
+// and the alerting outbox (internal header).
+#ifndef INVARIANTD_EXPORTERS_SQLITE_H_
+#define INVARIANTD_EXPORTERS_SQLITE_H_
 
 #include <sqlite3.h>
 
@@ -13,7 +14,7 @@
 #include "sidecar/core/strings.h"
 
 namespace invariantd {
-namespace alerting_internal {
+namespace sqlite_internal {
 
 class Stmt {
  public:
@@ -35,10 +36,21 @@ class Stmt {
     return absl::InternalError(text);
   }
   void Bind(int i, std::string_view text) {
-    sqlite3_bind_text(stmt_, i, text.data(), static_cast<int>(text.size()),
-                      SQLITE_TRANSIENT);
+    sqlite3_bind_text64(stmt_, i, text.data(),
+                        static_cast<sqlite3_uint64>(text.size()),
+                        SQLITE_TRANSIENT, SQLITE_UTF8);
+  }
+  void BindBlob(int i, std::string_view bytes) {
+    // A null pointer would bind NULL, not an empty blob.
+    sqlite3_bind_blob64(stmt_, i, bytes.data() != nullptr ? bytes.data() : "",
+                        static_cast<sqlite3_uint64>(bytes.size()),
+                        SQLITE_TRANSIENT);
+  }
+  void BindU(int i, uint64_t v) {
+    sqlite3_bind_int64(stmt_, i, static_cast<int64_t>(v));  // bit pattern
   }
   void Bind(int i, int64_t v) { sqlite3_bind_int64(stmt_, i, v); }
+  // SQLITE_ROW, SQLITE_DONE or an error code.
   int Step() { return sqlite3_step(stmt_); }
   void Reset() {
     sqlite3_reset(stmt_);
@@ -56,6 +68,7 @@ class Stmt {
                         : std::string(p, static_cast<size_t>(n));
   }
   int64_t Int(int col) const { return sqlite3_column_int64(stmt_, col); }
+  uint64_t U(int col) const { return static_cast<uint64_t>(Int(col)); }
 
  private:
   sqlite3* db_;
@@ -103,7 +116,7 @@ absl::Status InTransaction(sqlite3* db, F&& body) {
   return s;
 }
 
-}  // namespace alerting_internal
+}  // namespace sqlite_internal
 }  // namespace invariantd
 
-#endif  // INVARIANTD_EXPORTERS_ALERTING_SQL_H_
+#endif  // INVARIANTD_EXPORTERS_SQLITE_H_
