@@ -575,7 +575,6 @@ ImageSpec Pipeline::NextImageSpec(std::chrono::steady_clock::time_point now,
                                   double* fraction, uint64_t* keep) {
   constexpr double kSliceRatio = 0.25;
   constexpr double kMaxFraction = 0.125;
-  constexpr double kUncappedBytes = 1 << 20;  // small states: no cap
   constexpr double kRoundSeconds = 60;
   ImageSpec spec;
   ++ckpt_index_;
@@ -610,7 +609,10 @@ ImageSpec Pipeline::NextImageSpec(std::chrono::steady_clock::time_point now,
       std::min(1.0, std::chrono::duration<double>(now - last_marker_).count());
   double f = std::max(kSliceRatio * credit_ / std::max(state_bytes_, 1.0),
                       since / kRoundSeconds);
-  if (state_bytes_ > kUncappedBytes) f = std::min(f, kMaxFraction);
+  // Capped also while the estimate is small: a state that grows fast
+  // (from empty) would otherwise be written whole, at the size it has
+  // reached, before the estimate catches up.
+  f = std::min(f, kMaxFraction);
   if (options_.slice_fraction > 0) f = options_.slice_fraction;
   f = std::min(f, 1.0);
   credit_ = std::max(0.0, credit_ - f * state_bytes_ / kSliceRatio);
