@@ -13,6 +13,7 @@
 #include <sstream>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "exporters/prometheus/metrics.h"
@@ -84,19 +85,41 @@ void WriteAll(int fd, const std::string& s) {
   }
 }
 
-absl::StatusOr<std::string> ReadToken(const std::string& path) {
+// The tokens of a token file (one per line; see ParseTokenFile). The
+// message names the file, never a token.
+absl::StatusOr<std::vector<std::string>> ReadTokens(const std::string& path) {
   auto content = ReadFileIfExists(path);
   if (!content.ok()) return content.status();
   if (!content->has_value()) {
     return absl::NotFoundError(
-        absl::StrCat("auth token file ", path, " does not exist"));
+        absl::StrCat("token file ", path, " does not exist"));
   }
-  std::string token(absl::StripAsciiWhitespace(**content));
-  if (token.empty()) {
+  std::vector<std::string> tokens = ParseTokenFile(**content);
+  if (tokens.empty()) {
     return absl::InvalidArgumentError(
-        absl::StrCat("auth token file ", path, " is empty"));
+        absl::StrCat("token file ", path, " holds no token"));
   }
-  return token;
+  for (const std::string& t : tokens) {
+    for (const char c : t) {
+      if (static_cast<unsigned char>(c) <= 0x20 || c == 0x7f) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("token file ", path,
+                         ": a token contains a blank or control character"));
+      }
+    }
+  }
+  return tokens;
+}
+
+// Whether `listen` (HOST:PORT) is a loopback address: only local processes
+// can then reach the listener.
+bool IsLoopbackListen(std::string_view listen) {
+  std::string_view host = listen.substr(0, listen.rfind(':'));
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  return host == "localhost" || host == "::1" ||
+         absl::StartsWith(AV(host), "127.");
 }
 
 std::string PositionsToJson(const std::vector<TailPosition>& positions) {
@@ -368,11 +391,44 @@ absl::Status App::Start() {
   hopts.max_line_bytes = config_.max_line_bytes;
   hopts.max_events = config_.http_max_events;
   hopts.durable_acks = s_->evidence != nullptr;
-  if (!config_.auth_token_file.empty()) {
-    auto token = ReadToken(config_.auth_token_file);
-    if (!token.ok()) return token.status();
-    hopts.token = *token;
+  // Tokens by scope (least authority): auth_token_file for both,
+  // ingest_token_file and query_token_file for one each.
+  auto auth = std::make_shared<TokenAuth>();
+  for (const auto& [path, scopes] :
+       std::vector<std::pair<std::string, std::vector<AuthScope>>>{
+           {config_.auth_token_file, {AuthScope::kIngest, AuthScope::kQuery}},
+           {config_.ingest_token_file, {AuthScope::kIngest}},
+           {config_.query_token_file, {AuthScope::kQuery}}}) {
+    if (path.empty()) continue;
+    auto tokens = ReadTokens(path);
+    if (!tokens.ok()) return tokens.status();
+    for (AuthScope scope : scopes) {
+      for (const std::string& t : *tokens) auth->Add(scope, t);
+    }
   }
+  // Off loopback, whoever reaches the port could push events or read the
+  // evidence: refused unless tokens guard both, or the operator says so.
+  std::vector<std::string> open_scopes;
+  if (config_.http_ingest && !auth->Required(AuthScope::kIngest)) {
+    open_scopes.push_back("ingest (--ingest-token-file)");
+  }
+  if (s_->evidence && !auth->Required(AuthScope::kQuery)) {
+    open_scopes.push_back("evidence queries (--query-token-file)");
+  }
+  if (!IsLoopbackListen(config_.listen) && !open_scopes.empty()) {
+    if (!config_.allow_unauthenticated) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "listening on ", config_.listen,
+          " (not loopback) without a token for ",
+          absl::StrJoin(open_scopes, " and "),
+          ": set the token files, or http.allow_unauthenticated: true "
+          "(--allow-unauthenticated) to accept it"));
+    }
+    Log(LogLevel::kWarning, "listening without authentication",
+        {{"listen", config_.listen},
+         {"open", absl::StrJoin(open_scopes, ", ")}});
+  }
+  hopts.auth = auth;
   s_->http_ingest = std::make_unique<HttpIngest>(hopts, s_->pipeline.get());
   s_->http = std::make_unique<HttpServer>();
   if (config_.http_ingest) {
@@ -386,11 +442,11 @@ absl::Status App::Start() {
     });
   }
   if (s_->evidence) {
-    // Evidence queries (same bearer token as ingest when one is set).
-    const std::string token = hopts.token;
-    auto authorized = [token](const HttpRequestView& r) {
-      return token.empty() ||
-             ConstantTimeEquals(r.authorization, "Bearer " + token);
+    // Evidence queries and alert actions: the query scope.
+    auto authorize = [auth, s](const HttpRequestView& r) {
+      const AuthDecision d = auth->Check(AuthScope::kQuery, r.authorization);
+      if (!d.allowed()) s->metrics->HttpUnauthorized("query", d.reason);
+      return d;
     };
     auto with_reader = [s](auto&& fn) -> HttpResponse {
       std::lock_guard<std::mutex> l(s->evidence_read_mu);
@@ -402,7 +458,7 @@ absl::Status App::Start() {
       return fn(*s->evidence_reader);
     };
     s_->http->Handle("GET", "/v1/violations", [=](const HttpRequestView& r) {
-      if (!authorized(r)) return JsonError(401, "unauthorized");
+      if (auto d = authorize(r); !d.allowed()) return AuthError(d);
       auto q = ParseEvidenceQuery(ParseQueryString(r.query));
       if (!q.ok()) {
         HttpResponse bad = JsonError(400, "bad_query");
@@ -420,7 +476,7 @@ absl::Status App::Start() {
       });
     });
     s_->http->Handle("GET", "/v1/violations/*", [=](const HttpRequestView& r) {
-      if (!authorized(r)) return JsonError(401, "unauthorized");
+      if (auto d = authorize(r); !d.allowed()) return AuthError(d);
       const std::string id(r.path.substr(r.path.rfind('/') + 1));
       return with_reader([&](EvidenceStore& store) {
         auto rec = store.Get(id);
@@ -433,7 +489,7 @@ absl::Status App::Start() {
     });
     if (s_->pager) {
       RegisterAlertRoutes(s_->http.get(), s_->evidence_path, s_->pager.get(),
-                          authorized);
+                          authorize);
     }
   }
   s_->http->Handle("GET", "/metrics", [s](const HttpRequestView&) {
@@ -691,8 +747,9 @@ void App::Housekeeping() {
                          s_->Delta("http-rejected/" + reason, n));
       }
       for (const auto& [reason, n] : hs.unauthenticated) {
-        m.SourceRejected("http", "v1/events", "unauthenticated_" + reason,
-                         s_->Delta("http-unauth/" + reason, n));
+        const uint64_t d = s_->Delta("http-unauth/" + reason, n);
+        m.SourceRejected("http", "v1/events", "unauthenticated_" + reason, d);
+        m.HttpUnauthorized("ingest", reason, d);
       }
     }
     for (const RuleSnapshot& r : s_->pipeline->Rules()) {

@@ -183,6 +183,9 @@ absl::Status LoadRunConfig(const std::string& path, RunConfig* c) {
           r.Map(n, "http",
                 {{"ingest", r.Bool(&c->http_ingest)},
                  {"auth_token_file", r.String(&c->auth_token_file)},
+                 {"ingest_token_file", r.String(&c->ingest_token_file)},
+                 {"query_token_file", r.String(&c->query_token_file)},
+                 {"allow_unauthenticated", r.Bool(&c->allow_unauthenticated)},
                  {"max_body_bytes",
                   r.Int(&c->http_max_body_bytes, 1024, 1LL << 30)},
                  {"max_events", r.Int(&c->http_max_events, 1, 1 << 24)}});

@@ -34,7 +34,12 @@ struct RunConfig {
   int tail_poll_interval_ms = 200;
   // HTTP push
   bool http_ingest = true;
-  std::string auth_token_file;
+  std::string auth_token_file;    // tokens for ingest and queries
+  std::string ingest_token_file;  // tokens for ingest only
+  std::string query_token_file;   // tokens for evidence queries only
+  // Listening off loopback with an unauthenticated scope is refused unless
+  // this is set.
+  bool allow_unauthenticated = false;
   size_t http_max_body_bytes = 8 << 20;
   size_t http_max_events = 10000;
   // Kafka

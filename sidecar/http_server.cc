@@ -65,6 +65,21 @@ HttpResponse JsonError(int status, std::string_view error) {
   return r;
 }
 
+HttpResponse AuthError(const AuthDecision& d) {
+  HttpResponse r;
+  r.status = d.status;
+  if (d.status == 401) {
+    r.headers.emplace_back("WWW-Authenticate",
+                           d.reason == "missing"
+                               ? std::string("Bearer")
+                               : std::string("Bearer error=\"invalid_token\""));
+  }
+  r.body = absl::StrCat(
+      "{\"error\":", JsonString(d.status == 401 ? "unauthorized" : "forbidden"),
+      ",\"reason\":", JsonString(d.reason), "}");
+  return r;
+}
+
 HttpServer::HttpServer() = default;
 
 HttpServer::~HttpServer() { Stop(); }

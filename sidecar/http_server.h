@@ -41,6 +41,7 @@
 
 #include "absl/status/status.h"
 #include "ingest/http/http_ingest.h"
+#include "sidecar/core/auth.h"
 
 struct mg_context;
 struct mg_connection;
@@ -51,6 +52,9 @@ class Metrics;
 
 // A response with `status` and the body {"error": error}.
 HttpResponse JsonError(int status, std::string_view error);
+// 401 (with WWW-Authenticate) or 403 for a refused bearer token:
+// {"error":"unauthorized"|"forbidden","reason":"missing"|"invalid"|...}.
+HttpResponse AuthError(const AuthDecision& d);
 
 // The parameters of a query string ("a=1&b=x%20y"), URL-decoded, in order.
 std::vector<std::pair<std::string, std::string>> ParseQueryString(

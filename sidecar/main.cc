@@ -133,8 +133,18 @@ int main(int argc, char** argv) {
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   auto* group =
       run->add_option("--kafka-group", flags.kafka_group, "Consumer group");
-  auto* token = run->add_option("--auth-token-file", flags.auth_token_file,
-                                "Bearer token for HTTP ingest");
+  auto* token =
+      run->add_option("--auth-token-file", flags.auth_token_file,
+                      "Bearer tokens (one per line) for ingest and queries");
+  auto* ingest_token =
+      run->add_option("--ingest-token-file", flags.ingest_token_file,
+                      "Bearer tokens (one per line) for ingest only");
+  auto* query_token =
+      run->add_option("--query-token-file", flags.query_token_file,
+                      "Bearer tokens (one per line) for evidence queries only");
+  bool allow_unauthenticated = false;
+  run->add_flag("--allow-unauthenticated", allow_unauthenticated,
+                "Listen off loopback even where a scope has no token");
   auto* workers = run->add_option("--workers", flags.workers,
                                   "Evaluation threads (keys are sharded)")
                       ->check(CLI::Range(1, 64));
@@ -209,6 +219,9 @@ int main(int argc, char** argv) {
     if (*brokers) config.kafka_brokers = flags.kafka_brokers;
     if (*group) config.kafka_group = flags.kafka_group;
     if (*token) config.auth_token_file = flags.auth_token_file;
+    if (*ingest_token) config.ingest_token_file = flags.ingest_token_file;
+    if (*query_token) config.query_token_file = flags.query_token_file;
+    if (allow_unauthenticated) config.allow_unauthenticated = true;
     if (*workers) config.workers = flags.workers;
     if (*log_level) config.log_level = flags.log_level;
     if (no_stdout) config.stdout_violations = false;

@@ -146,9 +146,9 @@ absl::StatusOr<std::unique_ptr<Pager>> InstallPaging(
 
 void RegisterAlertRoutes(
     HttpServer* http, const std::string& db_path, Pager* pager,
-    std::function<bool(const HttpRequestView&)> authorized) {
+    std::function<AuthDecision(const HttpRequestView&)> authorize) {
   http->Handle("GET", "/v1/alerts", [=](const HttpRequestView& r) {
-    if (!authorized(r)) return JsonError(401, "unauthorized");
+    if (auto d = authorize(r); !d.allowed()) return AuthError(d);
     bool all = false;
     size_t limit = 1000;
     for (const auto& [k, v] : ParseQueryString(r.query)) {
@@ -178,7 +178,7 @@ void RegisterAlertRoutes(
     return ok;
   });
   http->Handle("POST", "/v1/alerts/*", [=](const HttpRequestView& r) {
-    if (!authorized(r)) return JsonError(401, "unauthorized");
+    if (auto d = authorize(r); !d.allowed()) return AuthError(d);
     std::string_view rest =
         r.path.substr(std::string_view("/v1/alerts/").size());
     const size_t slash = rest.find('/');

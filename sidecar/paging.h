@@ -41,7 +41,7 @@ absl::StatusOr<std::unique_ptr<Pager>> InstallPaging(
 // GET /v1/alerts[?all=1&limit=N] and POST /v1/alerts/{fingerprint}/resolve.
 void RegisterAlertRoutes(
     HttpServer* http, const std::string& db_path, Pager* pager,
-    std::function<bool(const HttpRequestView&)> authorized);
+    std::function<AuthDecision(const HttpRequestView&)> authorize);
 
 // Copies the pager's counters and gauges into the metrics.
 void ReportPagerMetrics(const Pager& pager, Metrics* metrics);

@@ -120,6 +120,12 @@ struct Metrics::Impl {
                           .Name("invariantd_http_requests_total")
                           .Help("HTTP requests served, by status code.")
                           .Register(*registry)),
+        http_unauthorized(
+            prometheus::BuildCounter()
+                .Name("invariantd_http_unauthorized_total")
+                .Help("HTTP requests refused for their bearer token (401, "
+                      "403), by scope and reason.")
+                .Register(*registry)),
         protocol_state(
             prometheus::BuildGauge()
                 .Name("invariantd_protocol_state")
@@ -231,6 +237,7 @@ struct Metrics::Impl {
   Family<Counter>& reloads;
   Gauge& last_reload_ok;
   Family<Counter>& http_requests;
+  Family<Counter>& http_unauthorized;
   Family<Gauge>& protocol_state;
   Counter& protocol_dropped;
   Family<Counter>& evidence_records;
@@ -421,6 +428,13 @@ void Metrics::HttpRequest(int code, uint64_t delta) {
   std::string label =
       code >= 100 && code <= 599 ? absl::StrCat(code) : std::string("other");
   impl_->http_requests.Add({{"code", label}})
+      .Increment(static_cast<double>(delta));
+}
+
+void Metrics::HttpUnauthorized(std::string_view scope, std::string_view reason,
+                               uint64_t delta) {
+  impl_->http_unauthorized
+      .Add({{"scope", std::string(scope)}, {"reason", std::string(reason)}})
       .Increment(static_cast<double>(delta));
 }
 

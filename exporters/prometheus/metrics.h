@@ -104,6 +104,11 @@ class Metrics {
   // invariantd_http_requests_total{code}; codes outside 100..599 are counted
   // as code="other".
   void HttpRequest(int code, uint64_t delta = 1);
+  // invariantd_http_unauthorized_total{scope="ingest"|"query",
+  // reason="missing"|"invalid"|"wrong_scope"}: requests refused with 401 or
+  // 403 (sidecar/core/auth.h). Running totals are Set, deltas Added.
+  void HttpUnauthorized(std::string_view scope, std::string_view reason,
+                        uint64_t delta = 1);
 
   // --- paging (sink: the sink's configured name, never a URL) ---
   // Running totals of one sink: invariantd_alert_notifications_total

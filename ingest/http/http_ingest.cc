@@ -34,20 +34,6 @@ uint64_t EpochBits(const std::optional<uint32_t>& configured) {
   return (epoch & kEpochMask) << kCounterBits;
 }
 
-// Case-insensitive "Bearer <token>"; returns false when the scheme differs.
-bool ParseBearer(std::string_view header, std::string_view* token) {
-  constexpr std::string_view kScheme = "bearer";
-  if (header.size() <= kScheme.size()) return false;
-  if (!absl::EqualsIgnoreCase(AV(header.substr(0, kScheme.size())),
-                              AV(kScheme))) {
-    return false;
-  }
-  std::string_view rest = header.substr(kScheme.size());
-  if (rest[0] != ' ' && rest[0] != '\t') return false;
-  *token = SV(absl::StripAsciiWhitespace(AV(rest)));
-  return true;
-}
-
 bool IsJsonLinesType(std::string_view content_type) {
   std::string_view media = content_type.substr(0, content_type.find(';'));
   media = SV(absl::StripAsciiWhitespace(AV(media)));
@@ -141,20 +127,18 @@ std::string_view AckLevelName(AckLevel level) {
   return "accepted";
 }
 
-bool ConstantTimeEquals(std::string_view a, std::string_view b) {
-  // Every byte of `a` is compared against the secret (cycled when lengths
-  // differ); differences are OR-ed together, never branched on.
-  size_t len_diff = a.size() ^ b.size();
-  volatile unsigned char diff = len_diff != 0 ? 1 : 0;
-  if (b.empty()) return a.empty();
-  for (size_t i = 0; i < a.size(); ++i) {
-    diff = diff | static_cast<unsigned char>(a[i] ^ b[i % b.size()]);
-  }
-  return diff == 0;
+namespace {
+TokenAuth MakeAuth(const HttpIngestOptions& o) {
+  if (o.auth) return *o.auth;
+  TokenAuth a;
+  a.Add(AuthScope::kIngest, o.token);
+  return a;
 }
+}  // namespace
 
 HttpIngest::HttpIngest(HttpIngestOptions options, RecordSink* sink)
     : options_(std::move(options)),
+      auth_(MakeAuth(options_)),
       sink_(sink),
       epoch_bits_(EpochBits(options_.epoch)) {}
 
@@ -179,30 +163,25 @@ HttpResponse HttpIngest::Handle(const HttpRequestView& request) {
     return Finish(std::move(r));
   }
 
-  if (!options_.token.empty()) {
-    std::string_view reason;
-    std::string_view presented;
-    if (request.authorization.empty()) {
-      reason = "missing";
-    } else if (!ParseBearer(request.authorization, &presented) ||
-               !ConstantTimeEquals(presented, options_.token)) {
-      reason = "invalid";
+  const AuthDecision auth =
+      auth_.Check(AuthScope::kIngest, request.authorization);
+  if (!auth.allowed()) {
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      ++stats_.unauthenticated[std::string(auth.reason)];
     }
-    if (!reason.empty()) {
-      {
-        std::lock_guard<std::mutex> l(mu_);
-        ++stats_.unauthenticated[std::string(reason)];
-      }
-      HttpResponse r{
-          401,
-          {{"WWW-Authenticate",
-            reason == "missing"
-                ? std::string("Bearer")
-                : std::string("Bearer error=\"invalid_token\"")}},
-          ErrorBody("unauthenticated",
-                    absl::StrCat(",\"reason\":\"", AV(reason), "\""))};
-      return Finish(std::move(r));
+    std::vector<std::pair<std::string, std::string>> headers;
+    if (auth.status == 401) {
+      headers.emplace_back("WWW-Authenticate",
+                           auth.reason == "missing"
+                               ? std::string("Bearer")
+                               : std::string("Bearer error=\"invalid_token\""));
     }
+    HttpResponse r{
+        auth.status, std::move(headers),
+        ErrorBody(auth.status == 401 ? "unauthenticated" : "forbidden",
+                  absl::StrCat(",\"reason\":\"", AV(auth.reason), "\""))};
+    return Finish(std::move(r));
   }
 
   if (options_.require_json_content_type &&

@@ -14,8 +14,9 @@
 //
 // Whole-request outcomes:
 //   405 method is not POST (with `Allow: POST`);
-//   401 bearer token missing or wrong (with `WWW-Authenticate: Bearer`); the
-//       token is compared in constant time;
+//   401 bearer token missing or wrong (with `WWW-Authenticate: Bearer`), 403
+//       a token of the query scope (sidecar/core/auth.h); tokens are
+//       compared in constant time;
 //   415 Content-Type is not a JSON lines type (application/x-ndjson,
 //       application/ndjson, application/jsonl, application/x-jsonlines,
 //       application/jsonlines, application/json; parameters such as charset
@@ -68,6 +69,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -76,11 +78,14 @@
 #include <vector>
 
 #include "ingest/record.h"
+#include "sidecar/core/auth.h"
 
 namespace invariantd {
 
 struct HttpIngestOptions {
-  // Bearer token clients must present; empty disables authentication.
+  // Bearer tokens by scope (the ingest scope applies); when unset, `token`
+  // alone (empty: no authentication).
+  std::shared_ptr<const TokenAuth> auth;
   std::string token;
   size_t max_body_bytes = 8 << 20;
   size_t max_line_bytes = 1 << 20;
@@ -126,8 +131,9 @@ struct HttpIngestStats {
   std::map<int, uint64_t> requests_by_code;
   uint64_t batches = 0;         // batches admitted to the pipeline
   uint64_t lines_accepted = 0;  // records admitted
-  std::map<std::string, uint64_t> lines_rejected;   // by reason
-  std::map<std::string, uint64_t> unauthenticated;  // "missing" | "invalid"
+  std::map<std::string, uint64_t> lines_rejected;  // by reason
+  // "missing" | "invalid" (401) | "wrong_scope" (403: a query token)
+  std::map<std::string, uint64_t> unauthenticated;
   uint64_t throttled = 0;      // 429s (sink refused the batch)
   uint64_t processed = 0;      // Processed() callbacks received
   uint64_t wait_timeouts = 0;  // wait=processed requests that timed out
@@ -139,11 +145,6 @@ inline constexpr std::string_view kLineTooLong = "line_too_long";
 inline constexpr std::string_view kEmptyLine = "empty_line";
 inline constexpr std::string_view kInvalidUtf8 = "invalid_utf8";
 }  // namespace http_reject
-
-// True when `a` and `b` are equal. Runs in time that depends only on the
-// length of `a` (the presented value), never on where the two differ nor on
-// the contents or length of `b` (the secret).
-bool ConstantTimeEquals(std::string_view a, std::string_view b);
 
 class HttpIngest : public Acker {
  public:
@@ -176,6 +177,7 @@ class HttpIngest : public Acker {
   uint64_t NextBatchId();
 
   const HttpIngestOptions options_;
+  const TokenAuth auth_;
   RecordSink* const sink_;
   const uint64_t epoch_bits_;
 

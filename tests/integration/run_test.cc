@@ -183,6 +183,85 @@ TEST_F(RunTest, AuthTokenIsRequiredWhenConfigured) {
   EXPECT_EQ(c->Wait(), 0);
 }
 
+// Least authority: an ingest token cannot read the evidence and a query
+// token cannot push events (403, counted by scope and reason); each token
+// file may hold several tokens (rotation); no token reaches the logs.
+TEST_F(RunTest, ScopedTokensGrantOnlyTheirScope) {
+  const std::string ingest = (dir_ / "ingest-token").string();
+  const std::string query = (dir_ / "query-token").string();
+  std::ofstream(ingest)
+      << "# rotated weekly\ningest-old-7f3a\n\ningest-new-91c2\n";
+  std::ofstream(query) << "query-5d1e\n";
+  auto c = Start({"--ingest-token-file", ingest, "--query-token-file", query});
+  auto code = [&](const std::string& cmd) {
+    std::string out;
+    Shell(cmd, &out);
+    return out;
+  };
+  const std::string post = absl::StrCat(
+      "curl -s -o /dev/null -w '%{http_code}' -H 'Content-Type: "
+      "application/x-ndjson' --data-binary '{\"a\":1}' ",
+      Url("/v1/events"));
+  const std::string get = absl::StrCat(
+      "curl -s -o /dev/null -w '%{http_code}' ", Url("/v1/violations"));
+  auto bearer = [](const std::string& t) {
+    return absl::StrCat(" -H 'Authorization: Bearer ", t, "'");
+  };
+  EXPECT_EQ(code(post + bearer("ingest-old-7f3a")), "200");
+  EXPECT_EQ(code(post + bearer("ingest-new-91c2")), "200");
+  EXPECT_EQ(code(post + bearer("query-5d1e")), "403");
+  EXPECT_EQ(code(post), "401");
+  EXPECT_EQ(code(get + bearer("query-5d1e")), "200");
+  EXPECT_EQ(code(get + bearer("ingest-new-91c2")), "403");
+  EXPECT_EQ(code(get + bearer("nope")), "401");
+  EXPECT_EQ(code(get), "401");
+  // Scrapes and probes need no token.
+  EXPECT_EQ(code(absl::StrCat("curl -s -o /dev/null -w '%{http_code}' ",
+                              Url("/metrics"))),
+            "200");
+  EXPECT_EQ(code(absl::StrCat("curl -s -o /dev/null -w '%{http_code}' ",
+                              Url("/healthz"))),
+            "200");
+  ASSERT_TRUE(c->WaitFor([&] {
+    std::string m;
+    Shell(absl::StrCat("curl -sf ", Url("/metrics")), &m);
+    return m.find(
+               "invariantd_http_unauthorized_total{reason=\"wrong_scope\","
+               "scope=\"ingest\"} 1") != std::string::npos &&
+           m.find(
+               "invariantd_http_unauthorized_total{reason=\"missing\","
+               "scope=\"ingest\"} 1") != std::string::npos &&
+           m.find(
+               "invariantd_http_unauthorized_total{reason=\"wrong_scope\","
+               "scope=\"query\"} 1") != std::string::npos &&
+           m.find(
+               "invariantd_http_unauthorized_total{reason=\"invalid\","
+               "scope=\"query\"} 1") != std::string::npos &&
+           m.find(
+               "invariantd_http_unauthorized_total{reason=\"missing\","
+               "scope=\"query\"} 1") != std::string::npos;
+  })) << c->err();
+  c->Signal(SIGTERM);
+  EXPECT_EQ(c->Wait(), 0);
+  for (const char* t : {"ingest-old-7f3a", "ingest-new-91c2", "query-5d1e"}) {
+    EXPECT_EQ(c->err().find(t), std::string::npos) << t;
+    EXPECT_EQ(c->out().find(t), std::string::npos) << t;
+  }
+}
+
+// Off loopback, a scope without a token is refused at start, naming what
+// is open and how to close it (nothing is bound).
+TEST_F(RunTest, OffLoopbackWithoutTokensRefusesToStart) {
+  Child c({INVARIANTD_BINARY, "run", "--rules",
+           Src("rules/packs/etcd-raft.yaml"), "--listen", "0.0.0.0:0",
+           "--data-dir", (dir_ / "data").string(), "--no-stdout"});
+  EXPECT_EQ(c.Wait(), 2);
+  EXPECT_THAT(c.err(), HasSubstr("not loopback"));
+  EXPECT_THAT(c.err(), HasSubstr("--ingest-token-file"));
+  EXPECT_THAT(c.err(), HasSubstr("--query-token-file"));
+  EXPECT_THAT(c.err(), HasSubstr("--allow-unauthenticated"));
+}
+
 TEST_F(RunTest, RotationByRenameAndByCopytruncateLosesNothing) {
   const fs::path log = dir_ / "logs" / "raft.ndjson";
   auto c = Start();
