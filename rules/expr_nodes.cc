@@ -25,7 +25,7 @@ static_assert(static_cast<int>(EvalStatus::kOk) <
               static_cast<int>(EvalStatus::kMissing) <
                   static_cast<int>(EvalStatus::kTypeError));
 
-constexpr Value kMissingValue;
+constexpr Value kMissingValue{};
 
 inline const Value& Field(const Event& event, int slot) {
   const auto i = static_cast<size_t>(slot);

@@ -138,6 +138,91 @@ class RuleLoader {
     ErrorAt(node.Mark(), std::move(message));
   }
 
+  // A document marker ("---" or "..." at the start of a line, alone or
+  // followed by a blank) after content starts another document: YAML
+  // forbids such a line inside any scalar, so this needs no parsing.
+  bool CheckOneDocument() {
+    bool content = false, ended = false;
+    for (size_t i = 0; i < src_->lines.size(); ++i) {
+      std::string_view line = src_->lines[i];
+      if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+      const bool marker =
+          (absl::StartsWith(AV(line), "---") ||
+           absl::StartsWith(AV(line), "...")) &&
+          (line.size() == 3 || line[3] == ' ' || line[3] == '\t');
+      if (marker) {
+        if (line[0] == '.') {
+          ended = true;
+          continue;
+        }
+        if (!content && !ended) continue;  // the first document's start
+      } else {
+        const std::string_view t = SV(absl::StripAsciiWhitespace(AV(line)));
+        if (t.empty() || t[0] == '#' || (!content && t[0] == '%')) continue;
+        if (!ended) {
+          content = true;
+          continue;
+        }
+      }
+      Diagnostic d;
+      d.file = src_->name;
+      d.line = static_cast<int>(i + 1);
+      d.column = 1;
+      d.snippet = std::string(line);
+      d.message =
+          "a rule file holds one YAML document; put further rules in the "
+          "same 'rules' list or in another file";
+      diags_.push_back(std::move(d));
+      return false;
+    }
+    return true;
+  }
+
+  // YAML's c-printable: tab, LF, CR, U+0020..U+007E, U+0085, U+00A0..U+D7FF,
+  // U+E000..U+FFFD, U+10000..U+10FFFF, as valid UTF-8. Reports the first
+  // other character (or invalid byte) and returns false.
+  bool CheckPrintable(std::string_view text) {
+    size_t line = 0, line_start = 0;
+    for (size_t i = 0; i < text.size();) {
+      char32_t cp = 0;
+      const size_t n = DecodeUtf8(text, i, &cp);
+      std::string what;
+      if (n == 0) {
+        what = absl::StrCat(
+            "byte 0x",
+            absl::Hex(static_cast<unsigned char>(text[i]), absl::kZeroPad2),
+            " is not valid UTF-8");
+      } else if (!(cp == '\t' || cp == '\n' || cp == '\r' ||
+                   (cp >= 0x20 && cp <= 0x7e) || cp == 0x85 ||
+                   (cp >= 0xa0 && cp <= 0xd7ff) ||
+                   (cp >= 0xe000 && cp <= 0xfffd) || cp >= 0x10000)) {
+        what = absl::StrCat("character U+",
+                            absl::AsciiStrToUpper(absl::StrCat(absl::Hex(
+                                static_cast<uint32_t>(cp), absl::kZeroPad4))),
+                            " is not allowed");
+      }
+      if (!what.empty()) {
+        Diagnostic d;
+        d.file = src_->name;
+        d.line = static_cast<int>(line + 1);
+        d.column = static_cast<int>(i - line_start + 1);
+        d.message = absl::StrCat(
+            what,
+            " in a rule file (YAML allows printable characters, tab and "
+            "line breaks; write others as escapes in a double-quoted "
+            "string)");
+        diags_.push_back(std::move(d));
+        return false;
+      }
+      if (cp == '\n') {
+        ++line;
+        line_start = i + 1;
+      }
+      i += n;
+    }
+    return true;
+  }
+
   // Maps a byte offset inside a scalar's value to its source location by
   // walking the raw source: block scalars (| and >) line by line from the
   // block's indentation, quoted scalars through their escapes, plain
@@ -247,16 +332,17 @@ class RuleLoader {
                      ""});
       return;
     }
+    // YAML allows printable characters, tab and line breaks only: others
+    // are refused here, with their position.
+    if (!CheckPrintable(text)) return;
+    // One document. yaml-cpp 0.7's LoadAll never returns on some malformed
+    // streams -- a lone ',' makes it add empty documents until memory runs
+    // out (jbeder/yaml-cpp#1040; found by fuzz_rules) -- so the document is
+    // read with Load, and a second one is found by its marker.
+    if (!CheckOneDocument()) return;
     YAML::Node root;
     try {
-      std::vector<YAML::Node> docs = YAML::LoadAll(text);
-      if (docs.size() > 1) {
-        ErrorAt(docs[1].Mark(),
-                "a rule file holds one YAML document; put further rules in "
-                "the same 'rules' list or in another file");
-        return;
-      }
-      if (!docs.empty()) root = docs.front();
+      root = YAML::Load(text);
     } catch (const YAML::Exception& e) {
       ErrorAt(e.mark,
               absl::StrCat("invalid YAML: ", e.msg,

@@ -596,7 +596,7 @@ absl::Status App::Start() {
     kopts.config = config_.kafka_config;
     s_->kafka = std::make_unique<KafkaSource>(
         kopts, s_->pipeline.get(),
-        [s](std::string_view event, std::string_view detail) {
+        [](std::string_view event, std::string_view detail) {
           Log(LogLevel::kWarning, "kafka",
               {{"event", std::string(event)}, {"detail", std::string(detail)}});
         });

@@ -266,7 +266,12 @@ TEST(CliTest, MalformedAndOversizedRecordsAreSkippedNotFatal) {
   EXPECT_THAT(r.err, HasSubstr("invalid_json=1"));
 }
 
-#if !defined(__SANITIZE_ADDRESS__)
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define INVARIANTD_ASAN 1
+#endif
+#endif
+#if !defined(__SANITIZE_ADDRESS__) && !defined(INVARIANTD_ASAN)
 // Memory grows with tracked keys, not with events: 400k events over 50 keys
 // (~100 MB of input) stream through in about 12 MiB (release build).
 TEST(CliTest, LongStreamRunsInBoundedMemory) {

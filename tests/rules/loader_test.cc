@@ -40,6 +40,54 @@ rules:
   EXPECT_GE(r.rules->fields().size(), 3);
 }
 
+// YAML allows printable characters only; yaml-cpp 0.7 looped without end
+// on ",\x01" (found by fuzz_rules). Such bytes, C1 controls and invalid
+// UTF-8 are refused at their position before the YAML parser runs.
+TEST(LoaderTest, NonPrintableCharactersAreRefusedWhereTheyAre) {
+  struct Case {
+    std::string text;
+    int line, column;
+    std::string says;
+  };
+  for (const Case& c : std::vector<Case>{
+           {std::string(",\x01\0\0", 4), 1, 2, "U+0001 is not allowed"},
+           {"rules:\n  - name: \"a\xc2\x9b\"\n", 2, 13, "U+009B"},
+           {"rules: []\n# \xff\xfe\n", 2, 3, "byte 0xff is not valid UTF-8"},
+           {"rules:\x7f\n", 1, 7, "U+007F"}}) {
+    const LoadResult r = LoadRuleText(c.text, "bad.yaml");
+    ASSERT_EQ(r.diagnostics.size(), 1u) << c.says;
+    EXPECT_EQ(r.diagnostics[0].line, c.line) << c.says;
+    EXPECT_EQ(r.diagnostics[0].column, c.column) << c.says;
+    EXPECT_NE(r.diagnostics[0].message.find(c.says), std::string::npos)
+        << r.diagnostics[0].message;
+  }
+  // Tabs, CR LF, NEL and non-ASCII text are fine.
+  const LoadResult ok = LoadRuleText(
+      "rules:\r\n  - {name: ete, kind: always,\tkey: [k], "
+      "always: \"k != '\xc3\xa9t\xc3\xa9'\"}\r\n",
+      "ok.yaml");
+  EXPECT_TRUE(ok.ok()) << (ok.diagnostics.empty()
+                               ? ""
+                               : FormatDiagnostic(ok.diagnostics[0]));
+}
+
+// Streams on which yaml-cpp 0.7's LoadAll never returns (it adds empty
+// documents until memory runs out; found by fuzz_rules) get a diagnostic.
+// A regression here hangs the test until ctest's timeout fails it.
+TEST(LoaderTest, StreamsThatHungTheYamlParserAreDiagnosed) {
+  for (const std::string text :
+       {",", " ,", "\"x\",", "{a: 1},", "rules: []\n---\n,", "---\n,\n"}) {
+    const LoadResult r = LoadRuleText(text, "bad.yaml");
+    EXPECT_FALSE(r.ok()) << text;
+    EXPECT_FALSE(r.diagnostics.empty()) << text;
+  }
+  const LoadResult two = LoadRuleText("rules: []\n...\nrules: []\n", "t.yaml");
+  ASSERT_EQ(two.diagnostics.size(), 1u);
+  EXPECT_EQ(two.diagnostics[0].line, 3);
+  EXPECT_NE(two.diagnostics[0].message.find("one YAML document"),
+            std::string::npos);
+}
+
 TEST(LoaderTest, UnknownFieldIsAnErrorWithASuggestion) {
   LoadResult r = LoadRuleText(R"yaml(rules:
   - name: term
