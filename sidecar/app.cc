@@ -434,7 +434,6 @@ absl::Status App::Start() {
   if (config_.http_ingest) {
     s_->http->Handle("POST", "/v1/events", [s](const HttpRequestView& r) {
       HttpResponse resp = s->http_ingest->Handle(r);
-      s->metrics->HttpRequest(resp.status);
       if (resp.status == 429) {
         s->metrics->AdmissionRejected("queue_full");
       }
@@ -539,6 +538,13 @@ absl::Status App::Start() {
   HttpServer::Options sopts;
   sopts.listen = config_.listen;
   sopts.max_body_bytes = config_.http_max_body_bytes;
+  sopts.max_header_bytes = config_.http_max_header_bytes;
+  sopts.threads = config_.http_threads;
+  sopts.max_connections = config_.http_max_queued;
+  sopts.request_timeout_ms = config_.http_request_timeout_ms;
+  sopts.on_response = [metrics = s_->metrics.get()](int status) {
+    metrics->HttpRequest(status);
+  };
   if (absl::Status st = s_->http->Start(sopts); !st.ok()) return st;
   if (s_->pager) {
     s_->pager->SetExternalUrl(

@@ -180,15 +180,22 @@ absl::Status LoadRunConfig(const std::string& path, RunConfig* c) {
         }},
        {"http",
         [&](const YAML::Node& n) {
-          r.Map(n, "http",
-                {{"ingest", r.Bool(&c->http_ingest)},
-                 {"auth_token_file", r.String(&c->auth_token_file)},
-                 {"ingest_token_file", r.String(&c->ingest_token_file)},
-                 {"query_token_file", r.String(&c->query_token_file)},
-                 {"allow_unauthenticated", r.Bool(&c->allow_unauthenticated)},
-                 {"max_body_bytes",
-                  r.Int(&c->http_max_body_bytes, 1024, 1LL << 30)},
-                 {"max_events", r.Int(&c->http_max_events, 1, 1 << 24)}});
+          r.Map(
+              n, "http",
+              {{"ingest", r.Bool(&c->http_ingest)},
+               {"auth_token_file", r.String(&c->auth_token_file)},
+               {"ingest_token_file", r.String(&c->ingest_token_file)},
+               {"query_token_file", r.String(&c->query_token_file)},
+               {"allow_unauthenticated", r.Bool(&c->allow_unauthenticated)},
+               {"max_body_bytes",
+                r.Int(&c->http_max_body_bytes, 1024, 1LL << 30)},
+               {"max_header_bytes",
+                r.Int(&c->http_max_header_bytes, 1024, 1 << 20)},
+               {"threads", r.Int(&c->http_threads, 1, 256)},
+               {"max_queued_connections", r.Int(&c->http_max_queued, 1, 65536)},
+               {"request_timeout_ms",
+                r.Int(&c->http_request_timeout_ms, 100, 600000)},
+               {"max_events", r.Int(&c->http_max_events, 1, 1 << 24)}});
         }},
        {"evidence",
         [&](const YAML::Node& n) {

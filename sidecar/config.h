@@ -41,6 +41,10 @@ struct RunConfig {
   // this is set.
   bool allow_unauthenticated = false;
   size_t http_max_body_bytes = 8 << 20;
+  size_t http_max_header_bytes = 16 << 10;  // request line and headers
+  int http_threads = 4;                     // requests served at once
+  int http_max_queued = 64;  // accepted connections waiting for a thread
+  int http_request_timeout_ms = 10000;  // per read of a request
   size_t http_max_events = 10000;
   // Kafka
   std::string kafka_brokers;

@@ -32,6 +32,10 @@ void InitCivetwebOnce() {
   std::call_once(once, [] { mg_init_library(0); });
 }
 
+// Set while a handler sends its own error through civetweb, which then
+// calls http_error for it too.
+thread_local bool sending_own_error = false;
+
 int LogMessage(const mg_connection*, const char* message) {
   std::string text = SanitizeText(message == nullptr ? "" : message, 512);
   std::fprintf(stderr, "invariantd: http: %s\n", text.c_str());
@@ -154,6 +158,17 @@ absl::Status HttpServer::Start(Options options) {
 
   mg_callbacks callbacks{};
   callbacks.log_message = LogMessage;
+  // Requests civetweb refuses itself (malformed, headers too large): counted
+  // like every other response; its own error page is sent.
+  callbacks.http_error = [](mg_connection* conn, int status,
+                            const char*) -> int {
+    auto* self =
+        static_cast<HttpServer*>(mg_get_user_data(mg_get_context(conn)));
+    if (self != nullptr && !sending_own_error && self->options_.on_response) {
+      self->options_.on_response(status);
+    }
+    return 1;
+  };
   mg_init_data init{};
   init.callbacks = &callbacks;
   init.user_data = this;
@@ -295,7 +310,9 @@ int HttpServer::Serve(mg_connection* conn) {
     std::string message =
         absl::StrCat("{\"error\":\"body_too_large\",\"max_body_bytes\":",
                      options_.max_body_bytes, "}");
+    sending_own_error = true;  // counted here, not by http_error
     mg_send_http_error(conn, 413, "%s", message.c_str());
+    sending_own_error = false;
     if (options_.on_response) options_.on_response(413);
     return 413;
   };

@@ -78,7 +78,9 @@ class HttpServer {
     // Stop() waits this long for requests in progress to write their
     // responses (after the stop hooks ran) before closing connections.
     int stop_grace_ms = 5000;
-    // Called after every response with its status (e.g. Metrics::HttpRequest).
+    // Called after every response with its status (e.g. Metrics::HttpRequest),
+    // also for requests refused by the HTTP layer itself before any handler
+    // (e.g. 400 for a request line or headers over max_header_bytes).
     std::function<void(int status)> on_response;
   };
 

@@ -249,6 +249,33 @@ TEST_F(RunTest, ScopedTokensGrantOnlyTheirScope) {
   }
 }
 
+// Request line and headers over http.max_header_bytes are refused by the
+// HTTP layer (400) before any handler, and counted like every response.
+TEST_F(RunTest, OversizedHeadersAreRefusedAndCounted) {
+  const fs::path config = dir_ / "config.yaml";
+  std::ofstream(config) << "http:\n  max_header_bytes: 2048\n";
+  auto c = Start({"--config", config.string()});
+  auto code = [&](const std::string& extra) {
+    std::string out;
+    Shell(absl::StrCat("curl -s -o /dev/null -w '%{http_code}' ", extra, " ",
+                       Url("/healthz")),
+          &out);
+    return out;
+  };
+  EXPECT_EQ(code(absl::StrCat("-H 'X-Pad: ", std::string(4096, 'a'), "'")),
+            "400");
+  EXPECT_EQ(code(absl::StrCat("-H 'X-Pad: ", std::string(1024, 'a'), "'")),
+            "200");
+  ASSERT_TRUE(c->WaitFor([&] {
+    std::string m;
+    Shell(absl::StrCat("curl -sf ", Url("/metrics")), &m);
+    return m.find("invariantd_http_requests_total{code=\"400\"} 1") !=
+           std::string::npos;
+  })) << c->err();
+  c->Signal(SIGTERM);
+  EXPECT_EQ(c->Wait(), 0);
+}
+
 // Off loopback, a scope without a token is refused at start, naming what
 // is open and how to close it (nothing is bound).
 TEST_F(RunTest, OffLoopbackWithoutTokensRefusesToStart) {
