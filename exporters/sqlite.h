@@ -10,6 +10,7 @@
 #include <string_view>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "sidecar/core/strings.h"
 
@@ -114,6 +115,79 @@ absl::Status InTransaction(sqlite3* db, F&& body) {
   if (s.ok()) s = Exec(db, "COMMIT");
   if (!s.ok()) Exec(db, "ROLLBACK").IgnoreError();
   return s;
+}
+
+// Opens the database at `path` (created unless read_only; one thread at a
+// time) with a busy timeout. `what` names it in the error ("evidence store").
+inline absl::StatusOr<sqlite3*> OpenDatabase(const std::string& path,
+                                             bool read_only,
+                                             int busy_timeout_ms,
+                                             std::string_view what) {
+  sqlite3* db = nullptr;
+  const int flags = (read_only ? SQLITE_OPEN_READONLY
+                               : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE) |
+                    SQLITE_OPEN_NOMUTEX;
+  if (sqlite3_open_v2(path.c_str(), &db, flags, nullptr) != SQLITE_OK) {
+    const std::string msg =
+        db != nullptr ? sqlite3_errmsg(db) : "out of memory";
+    sqlite3_close_v2(db);
+    return absl::UnavailableError(
+        absl::StrCat(AV(what), " ", path, ": cannot open: ", msg));
+  }
+  sqlite3_busy_timeout(db, busy_timeout_ms);
+  return db;
+}
+
+// Reads the header (page 1: a file that is not SQLite, or whose first page
+// is damaged, fails here) and checks that the database is either new
+// (application id 0, returned in *found) or one of ours of a version this
+// build reads. `advice` ends the message for a newer format.
+inline absl::Status CheckHeader(sqlite3* db, int64_t application_id,
+                                int64_t format_version, std::string_view what,
+                                std::string_view advice, int64_t* found) {
+  int64_t version = 0;
+  {
+    Stmt s(db, "PRAGMA application_id");
+    if (!s.status().ok() || s.Step() != SQLITE_ROW) {
+      return SqlError(db, "not a readable SQLite database");
+    }
+    *found = s.Int(0);
+  }
+  {
+    Stmt s(db, "PRAGMA user_version");
+    if (!s.status().ok() || s.Step() != SQLITE_ROW) {
+      return SqlError(db, "reading the format version");
+    }
+    version = s.Int(0);
+  }
+  if (*found != 0 && *found != application_id) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "not an invariantd ", AV(what), " (another application's database)"));
+  }
+  if (version > format_version) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "format version ", version, " is newer than this invariantd reads (",
+        format_version, "); upgrade invariantd or ", AV(advice)));
+  }
+  return absl::OkStatus();
+}
+
+// SQLite's structural check of every page (PRAGMA quick_check: b-trees,
+// free lists; reads the whole file). DataLoss when it finds damage.
+inline absl::Status QuickCheck(sqlite3* db) {
+  std::string result;
+  {
+    Stmt s(db, "PRAGMA quick_check(1)");
+    if (!s.status().ok() || s.Step() != SQLITE_ROW) {
+      return SqlError(db, "checking the database");
+    }
+    result = s.Text(0);
+  }
+  if (result != "ok") {
+    return absl::DataLossError(
+        absl::StrCat("the database is damaged (", result, ")"));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace sqlite_internal

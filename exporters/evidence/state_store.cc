@@ -24,19 +24,10 @@ constexpr int kFormatVersion = 1;
 absl::StatusOr<std::unique_ptr<StateStore>> StateStore::Open(
     const std::string& path, bool read_only, int busy_timeout_ms,
     bool check_pages) {
-  sqlite3* db = nullptr;
-  const int flags = (read_only ? SQLITE_OPEN_READONLY
-                               : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE) |
-                    SQLITE_OPEN_NOMUTEX;
-  if (sqlite3_open_v2(path.c_str(), &db, flags, nullptr) != SQLITE_OK) {
-    const std::string msg =
-        db != nullptr ? sqlite3_errmsg(db) : "out of memory";
-    sqlite3_close_v2(db);
-    return absl::UnavailableError(
-        absl::StrCat("state store ", path, ": cannot open: ", msg));
-  }
-  std::unique_ptr<StateStore> store(new StateStore(db));
-  sqlite3_busy_timeout(db, busy_timeout_ms);
+  auto db = sqlite_internal::OpenDatabase(path, read_only, busy_timeout_ms,
+                                          "state store");
+  if (!db.ok()) return db.status();
+  std::unique_ptr<StateStore> store(new StateStore(*db));
   if (absl::Status s = store->Init(read_only, check_pages && !read_only);
       !s.ok()) {
     return absl::Status(s.code(),
@@ -48,47 +39,19 @@ absl::StatusOr<std::unique_ptr<StateStore>> StateStore::Open(
 StateStore::~StateStore() { sqlite3_close_v2(db_); }
 
 absl::Status StateStore::Init(bool read_only, bool check_pages) {
-  int64_t app_id = 0, version = 0;
-  {
-    Stmt s(db_, "PRAGMA application_id");
-    if (!s.status().ok() || s.Step() != SQLITE_ROW) {
-      return SqlError(db_, "not a readable SQLite database");
-    }
-    app_id = s.Int(0);
-  }
-  {
-    Stmt s(db_, "PRAGMA user_version");
-    if (!s.status().ok() || s.Step() != SQLITE_ROW) {
-      return SqlError(db_, "reading the format version");
-    }
-    version = s.Int(0);
-  }
-  if (app_id != 0 && app_id != kApplicationId) {
-    return absl::FailedPreconditionError(
-        "not an invariantd state store (another application's database)");
-  }
-  if (version > kFormatVersion) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "format version ", version, " is newer than this invariantd reads (",
-        kFormatVersion, "); upgrade invariantd or move the file aside"));
+  int64_t app_id = 0;
+  if (absl::Status s = sqlite_internal::CheckHeader(
+          db_, kApplicationId, kFormatVersion, "state store",
+          "move the file aside", &app_id);
+      !s.ok()) {
+    return s;
   }
   if (read_only) {
     if (app_id == 0) return absl::NotFoundError("no state store here");
     return absl::OkStatus();
   }
   if (check_pages) {
-    std::string result;
-    {
-      Stmt s(db_, "PRAGMA quick_check(1)");
-      if (!s.status().ok() || s.Step() != SQLITE_ROW) {
-        return SqlError(db_, "checking the database");
-      }
-      result = s.Text(0);
-    }
-    if (result != "ok") {
-      return absl::DataLossError(
-          absl::StrCat("the database is damaged (", result, ")"));
-    }
+    if (absl::Status s = sqlite_internal::QuickCheck(db_); !s.ok()) return s;
   }
   if (app_id == 0) {
     {

@@ -105,20 +105,11 @@ EvidenceStore::~EvidenceStore() { sqlite3_close_v2(db_); }
 absl::StatusOr<std::unique_ptr<EvidenceStore>> EvidenceStore::Open(
     const std::string& path, bool read_only, int busy_timeout_ms,
     bool check_pages) {
-  sqlite3* db = nullptr;
-  const int flags = (read_only ? SQLITE_OPEN_READONLY
-                               : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE) |
-                    SQLITE_OPEN_NOMUTEX;
-  if (sqlite3_open_v2(path.c_str(), &db, flags, nullptr) != SQLITE_OK) {
-    const std::string msg =
-        db != nullptr ? sqlite3_errmsg(db) : "out of memory";
-    sqlite3_close_v2(db);
-    return absl::UnavailableError(
-        absl::StrCat("evidence store ", path, ": cannot open: ", msg));
-  }
-  std::unique_ptr<EvidenceStore> store(new EvidenceStore(db, read_only));
+  auto db = sqlite_internal::OpenDatabase(path, read_only, busy_timeout_ms,
+                                          "evidence store");
+  if (!db.ok()) return db.status();
+  std::unique_ptr<EvidenceStore> store(new EvidenceStore(*db, read_only));
   store->check_ = check_pages && !read_only;
-  sqlite3_busy_timeout(db, busy_timeout_ms);
   if (absl::Status s = store->Init(); !s.ok()) {
     return absl::Status(
         s.code(), absl::StrCat("evidence store ", path, ": ", s.message()));
@@ -127,32 +118,12 @@ absl::StatusOr<std::unique_ptr<EvidenceStore>> EvidenceStore::Open(
 }
 
 absl::Status EvidenceStore::Init() {
-  // The header check reads page 1: a file that is not SQLite, or whose
-  // first page is damaged, fails here with SQLITE_NOTADB / SQLITE_CORRUPT.
   int64_t app_id = 0;
-  int64_t version = 0;
-  {
-    Stmt s(db_, "PRAGMA application_id");
-    if (!s.status().ok() || s.Step() != SQLITE_ROW) {
-      return SqlError(db_, "not a readable SQLite database");
-    }
-    app_id = s.Int(0);
-  }
-  {
-    Stmt s(db_, "PRAGMA user_version");
-    if (!s.status().ok() || s.Step() != SQLITE_ROW) {
-      return SqlError(db_, "reading the format version");
-    }
-    version = s.Int(0);
-  }
-  if (app_id != 0 && app_id != kApplicationId) {
-    return absl::FailedPreconditionError(
-        "not an invariantd evidence store (another application's database)");
-  }
-  if (version > kFormatVersion) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "format version ", version, " is newer than this invariantd reads (",
-        kFormatVersion, "); upgrade invariantd or point it elsewhere"));
+  if (absl::Status s = sqlite_internal::CheckHeader(
+          db_, kApplicationId, kFormatVersion, "evidence store",
+          "point it elsewhere", &app_id);
+      !s.ok()) {
+    return s;
   }
   if (app_id == 0) {
     if (read_only_) {
@@ -222,15 +193,7 @@ absl::Status EvidenceStore::Init() {
     // chain's (Verify) and the state images' checksums' to find. It reads
     // the whole file: done when the daemon starts, not on every open.
     if (check_) {
-      Stmt s(db_, "PRAGMA quick_check(1)");
-      if (!s.status().ok()) return SqlError(db_, "checking the database");
-      const int rc = s.Step();
-      if (rc != SQLITE_ROW) return SqlError(db_, "checking the database");
-      const std::string result = s.Text(0);
-      if (result != "ok") {
-        return absl::DataLossError(
-            absl::StrCat("the database is damaged (", result, ")"));
-      }
+      if (absl::Status s = sqlite_internal::QuickCheck(db_); !s.ok()) return s;
     }
     if (absl::Status s = Exec(db_, "PRAGMA synchronous=FULL"); !s.ok()) {
       return s;
