@@ -42,25 +42,52 @@ std::string_view InputFormatName(InputFormat format) {
 
 absl::StatusOr<std::unique_ptr<Decoder>> MakeDecoder(
     const DecoderOptions& options, const FieldSet& fields) {
+  if (absl::Status st = ingest_internal::ValidateLimits(options.limits);
+      !st.ok()) {
+    return st;
+  }
   switch (options.format) {
     case InputFormat::kJson:
       // The upper bound keeps the decoder's recursion (which follows the
       // nesting) far from the stack's limits.
-      if (options.max_depth < 1 || options.max_depth > kMaxJsonDepth) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("max_depth must be between 1 and ", kMaxJsonDepth,
-                         ", got ", options.max_depth));
-      }
-      return ingest_internal::MakeJsonDecoder(fields, options.max_depth);
+      return ingest_internal::MakeJsonDecoder(fields, options.limits);
     case InputFormat::kLogfmt:
-      return ingest_internal::MakeLogfmtDecoder(fields);
+      return ingest_internal::MakeLogfmtDecoder(fields, options.limits);
     case InputFormat::kRegex:
-      return ingest_internal::MakeRegexDecoder(options.pattern, fields);
+      return ingest_internal::MakeRegexDecoder(options.pattern, fields,
+                                               options.limits);
   }
   return absl::InvalidArgumentError("unknown input format");
 }
 
 namespace ingest_internal {
+
+absl::Status ValidateLimits(const DecoderLimits& limits) {
+  // The upper bound keeps the JSON decoder's recursion (which follows the
+  // nesting) far from the stack's limits.
+  if (limits.max_depth < 1 || limits.max_depth > kMaxJsonDepth) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_depth must be between 1 and ", kMaxJsonDepth,
+                     ", got ", limits.max_depth));
+  }
+  if (limits.max_fields < 1) {
+    return absl::InvalidArgumentError("max_fields must be at least 1");
+  }
+  if (limits.max_string_bytes < 1) {
+    return absl::InvalidArgumentError("max_string_bytes must be at least 1");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckStringSize(size_t size, size_t offset,
+                             const DecoderLimits& limits,
+                             std::string_view* reason) {
+  if (size <= limits.max_string_bytes) return absl::OkStatus();
+  return Reject(reject::kStringTooLong,
+                absl::StrCat("a string of ", size, " bytes (limit ",
+                             limits.max_string_bytes, ")"),
+                offset + 1, reason);
+}
 
 bool IsBlank(std::string_view line) {
   for (char c : line) {

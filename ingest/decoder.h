@@ -36,10 +36,23 @@ enum class InputFormat { kJson, kLogfmt, kRegex };
 absl::StatusOr<InputFormat> ParseInputFormat(std::string_view name);
 std::string_view InputFormatName(InputFormat format);
 
+// Limits on one record (config `input.*`, docs/configuration.md). A record
+// over a limit is rejected with the limit's reason and counted; the stream
+// goes on with the next record.
+struct DecoderLimits {
+  int max_depth = 64;  // JSON nesting of objects and arrays (1..1024)
+  // Fields in a record: JSON object members at every depth (array elements
+  // are not counted), logfmt pairs.
+  size_t max_fields = 10000;
+  // Bytes of one string value (a JSON key or string as written, escapes
+  // included; a logfmt value; a regex capture).
+  size_t max_string_bytes = 256 << 10;
+};
+
 struct DecoderOptions {
   InputFormat format = InputFormat::kJson;
   std::string pattern;  // RE2 syntax, required for kRegex
-  int max_depth = 64;   // JSON nesting cap
+  DecoderLimits limits;
 };
 
 // Stable reason codes for rejected records; used as counter labels and in
@@ -49,6 +62,8 @@ inline constexpr std::string_view kInvalidJson = "invalid_json";
 inline constexpr std::string_view kInvalidUtf8 = "invalid_utf8";
 inline constexpr std::string_view kNotAnObject = "not_an_object";
 inline constexpr std::string_view kTooDeep = "too_deep";
+inline constexpr std::string_view kTooManyFields = "too_many_fields";
+inline constexpr std::string_view kStringTooLong = "string_too_long";
 inline constexpr std::string_view kInvalidLogfmt = "invalid_logfmt";
 inline constexpr std::string_view kNoMatch = "no_match";
 inline constexpr std::string_view kLineTooLong = "line_too_long";

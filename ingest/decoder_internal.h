@@ -17,10 +17,13 @@
 namespace invariantd {
 namespace ingest_internal {
 
-std::unique_ptr<Decoder> MakeJsonDecoder(const FieldSet& fields, int max_depth);
-std::unique_ptr<Decoder> MakeLogfmtDecoder(const FieldSet& fields);
+std::unique_ptr<Decoder> MakeJsonDecoder(const FieldSet& fields,
+                                         const DecoderLimits& limits);
+std::unique_ptr<Decoder> MakeLogfmtDecoder(const FieldSet& fields,
+                                           const DecoderLimits& limits);
 absl::StatusOr<std::unique_ptr<Decoder>> MakeRegexDecoder(
-    const std::string& pattern, const FieldSet& fields);
+    const std::string& pattern, const FieldSet& fields,
+    const DecoderLimits& limits);
 
 // True when `line` is empty or holds only spaces, tabs, '\r' and '\n'.
 bool IsBlank(std::string_view line);
@@ -44,6 +47,14 @@ absl::Status Reject(std::string_view reason_code, std::string_view what,
 // -> double, anything else (including "", "+1", "01", ".5", "1.", "inf")
 // -> string. The returned Value views `text`.
 Value TypeByText(std::string_view text);
+
+// The rejection of a string value of `size` bytes starting at 0-based
+// `offset` of the line, when it is over the limit (else OK).
+absl::Status CheckStringSize(size_t size, size_t offset,
+                             const DecoderLimits& limits,
+                             std::string_view* reason);
+// Checks the limits; an error names the limit and its value.
+absl::Status ValidateLimits(const DecoderLimits& limits);
 
 }  // namespace ingest_internal
 }  // namespace invariantd

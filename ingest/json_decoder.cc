@@ -112,42 +112,64 @@ std::string_view TypeName(od::json_type t) {
   return "a value";
 }
 
-// Detects nesting deeper than `max_depth`; `*column` is the 1-based column
-// of the bracket that goes too deep. Cheap when the line cannot be too deep:
-// depth never exceeds the number of opening brackets.
-bool TooDeep(std::string_view line, int max_depth, size_t* column) {
-  const size_t limit = static_cast<size_t>(max_depth);
-  if (line.size() <= limit) return false;
-  size_t opens = 0;
-  for (char c : line) opens += static_cast<size_t>((c == '{') | (c == '['));
-  if (opens <= limit) return false;
+// Checks the record's shape against the limits before it is parsed: the
+// nesting depth, the object members at every depth (a ':' outside a
+// string) and the bytes of each string as written. Returns the rejection of
+// the first limit passed, naming its column. Cheap for records that cannot
+// pass a limit: one branch-free pass counts the brackets and colons, which
+// bound the depth and the members, and a record no longer than the string
+// limit holds no string over it; only a record that might be over a limit
+// is scanned string by string.
+absl::Status CheckShape(std::string_view line, const DecoderLimits& limits,
+                        std::string_view* reason) {
+  const size_t max_depth = static_cast<size_t>(limits.max_depth);
+  const size_t n = line.size();
+  bool may_fail = n > limits.max_string_bytes;
+  if (!may_fail && (n > max_depth || n > limits.max_fields)) {
+    size_t opens = 0;
+    size_t colons = 0;
+    for (char c : line) {
+      opens += static_cast<size_t>((c == '{') | (c == '['));
+      colons += static_cast<size_t>(c == ':');
+    }
+    may_fail = opens > max_depth || colons > limits.max_fields;
+  }
+  if (!may_fail) return absl::OkStatus();
   size_t depth = 0;
-  bool in_string = false;
-  for (size_t i = 0; i < line.size(); ++i) {
+  size_t fields = 0;
+  for (size_t i = 0; i < n; ++i) {
     const char c = line[i];
-    if (in_string) {
-      if (c == '\\') {
-        ++i;
-      } else if (c == '"') {
-        in_string = false;
+    if (c == '"') {
+      const size_t open = i;
+      for (++i; i < n && line[i] != '"'; ++i) {
+        if (line[i] == '\\') ++i;
       }
-    } else if (c == '"') {
-      in_string = true;
+      // An unterminated string is the parser's to report.
+      const size_t size = std::min(i, n) - open - 1;
+      if (absl::Status st = CheckStringSize(size, open, limits, reason);
+          !st.ok()) {
+        return st;
+      }
     } else if (c == '{' || c == '[') {
-      if (++depth > limit) {
-        *column = i + 1;
-        return true;
+      if (++depth > max_depth) {
+        return Reject(reject::kTooDeep,
+                      absl::StrCat("JSON nesting deeper than ", max_depth),
+                      i + 1, reason);
       }
     } else if ((c == '}' || c == ']') && depth > 0) {
       --depth;
+    } else if (c == ':' && ++fields > limits.max_fields) {
+      return Reject(reject::kTooManyFields,
+                    absl::StrCat("more than ", limits.max_fields, " fields"),
+                    i + 1, reason);
     }
   }
-  return false;
+  return absl::OkStatus();
 }
 
 class JsonDecoder final : public Decoder {
  public:
-  JsonDecoder(const FieldSet& fields, int max_depth);
+  JsonDecoder(const FieldSet& fields, const DecoderLimits& limits);
 
   absl::Status Decode(std::string_view line, Event* event,
                       std::string_view* reason) override;
@@ -178,7 +200,7 @@ class JsonDecoder final : public Decoder {
   absl::Status Fail(error_code error, std::string_view* reason);
 
   const int slots_;
-  const int max_depth_;
+  const DecoderLimits limits_;
   std::vector<Node> nodes_;
   std::vector<std::string> keys_;
   std::vector<int> key_nodes_;
@@ -196,8 +218,8 @@ class JsonDecoder final : public Decoder {
   bool error_located_ = false;
 };
 
-JsonDecoder::JsonDecoder(const FieldSet& fields, int max_depth)
-    : slots_(fields.size()), max_depth_(max_depth) {
+JsonDecoder::JsonDecoder(const FieldSet& fields, const DecoderLimits& limits)
+    : slots_(fields.size()), limits_(limits) {
   const std::vector<FieldSet::TrieNode>& trie = fields.trie();
   nodes_.resize(trie.size());
   for (size_t i = 0; i < trie.size(); ++i) {
@@ -514,11 +536,8 @@ absl::Status JsonDecoder::Fail(error_code error, std::string_view* reason) {
 absl::Status JsonDecoder::Decode(std::string_view line, Event* event,
                                  std::string_view* reason) {
   if (IsBlank(line)) return Reject(reject::kEmptyLine, "empty line", 0, reason);
-  size_t column = 0;
-  if (TooDeep(line, max_depth_, &column)) {
-    return Reject(reject::kTooDeep,
-                  absl::StrCat("JSON nesting deeper than ", max_depth_), column,
-                  reason);
+  if (absl::Status st = CheckShape(line, limits_, reason); !st.ok()) {
+    return st;
   }
   if (event->fields.size() != static_cast<size_t>(slots_)) {
     event->Reset(slots_);
@@ -577,8 +596,8 @@ absl::Status JsonDecoder::Decode(std::string_view line, Event* event,
 }  // namespace
 
 std::unique_ptr<Decoder> MakeJsonDecoder(const FieldSet& fields,
-                                         int max_depth) {
-  return std::make_unique<JsonDecoder>(fields, max_depth);
+                                         const DecoderLimits& limits) {
+  return std::make_unique<JsonDecoder>(fields, limits);
 }
 
 }  // namespace ingest_internal

@@ -38,7 +38,8 @@ bool IsSep(char c) { return c == ' ' || c == '\t'; }
 
 class LogfmtDecoder final : public Decoder {
  public:
-  explicit LogfmtDecoder(const FieldSet& fields) : fields_(fields) {}
+  LogfmtDecoder(const FieldSet& fields, const DecoderLimits& limits)
+      : fields_(fields), limits_(limits) {}
 
   absl::Status Decode(std::string_view line, Event* event,
                       std::string_view* reason) override;
@@ -51,6 +52,7 @@ class LogfmtDecoder final : public Decoder {
                        size_t* column);
 
   const FieldSet& fields_;
+  const DecoderLimits limits_;
   // Unescaped strings of the current record. Reserved to the line's size
   // before its first use in a Decode, which bounds everything appended to
   // it (unescaping never grows text), so views into it stay valid.
@@ -141,10 +143,16 @@ absl::Status LogfmtDecoder::Decode(std::string_view line, Event* event,
 
   const size_t n = line.size();
   size_t i = 0;
+  size_t pairs = 0;
   while (true) {
     while (i < n && IsSep(line[i])) ++i;
     if (i >= n) break;
     const size_t key_start = i;
+    if (++pairs > limits_.max_fields) {
+      return Reject(reject::kTooManyFields,
+                    absl::StrCat("more than ", limits_.max_fields, " fields"),
+                    i + 1, reason);
+    }
     while (i < n && !IsSep(line[i]) && line[i] != '=' && line[i] != '"') ++i;
     if (i < n && line[i] == '"') {
       return Reject(reject::kInvalidLogfmt, "invalid logfmt: '\"' in a key",
@@ -176,6 +184,11 @@ absl::Status LogfmtDecoder::Decode(std::string_view line, Event* event,
                         reason);
         }
         const std::string_view content = line.substr(start, i - start);
+        if (absl::Status st =
+                CheckStringSize(content.size(), start, limits_, reason);
+            !st.ok()) {
+          return st;
+        }
         ++i;  // the closing quote
         if (i < n && !IsSep(line[i])) {
           return Reject(reject::kInvalidLogfmt,
@@ -211,6 +224,11 @@ absl::Status LogfmtDecoder::Decode(std::string_view line, Event* event,
           }
           ++i;
         }
+        if (absl::Status st =
+                CheckStringSize(i - start, start, limits_, reason);
+            !st.ok()) {
+          return st;
+        }
         if (slot >= 0) value = TypeByText(line.substr(start, i - start));
       }
     }
@@ -221,8 +239,9 @@ absl::Status LogfmtDecoder::Decode(std::string_view line, Event* event,
 
 }  // namespace
 
-std::unique_ptr<Decoder> MakeLogfmtDecoder(const FieldSet& fields) {
-  return std::make_unique<LogfmtDecoder>(fields);
+std::unique_ptr<Decoder> MakeLogfmtDecoder(const FieldSet& fields,
+                                           const DecoderLimits& limits) {
+  return std::make_unique<LogfmtDecoder>(fields, limits);
 }
 
 }  // namespace ingest_internal

@@ -41,8 +41,11 @@ class RegexDecoder final : public Decoder {
   };
 
   RegexDecoder(std::unique_ptr<RE2> re, std::vector<Capture> captures,
-               int slots)
-      : re_(std::move(re)), captures_(std::move(captures)), slots_(slots) {
+               int slots, const DecoderLimits& limits)
+      : re_(std::move(re)),
+        captures_(std::move(captures)),
+        slots_(slots),
+        limits_(limits) {
     int groups = 0;
     for (const Capture& c : captures_) groups = std::max(groups, c.group);
     // Without any captured field, ask for no submatch at all (faster).
@@ -67,6 +70,12 @@ class RegexDecoder final : public Decoder {
     for (const Capture& c : captures_) {
       const re2::StringPiece& m = submatches_[static_cast<size_t>(c.group)];
       if (m.data() == nullptr) continue;  // did not participate
+      if (absl::Status st = CheckStringSize(
+              m.size(), static_cast<size_t>(m.data() - line.data()), limits_,
+              reason);
+          !st.ok()) {
+        return st;
+      }
       Value& field = event->fields[static_cast<size_t>(c.slot)];
       if (!field.is_missing()) continue;  // an earlier same-named group won
       field = TypeByText(std::string_view(m.data(), m.size()));
@@ -78,13 +87,15 @@ class RegexDecoder final : public Decoder {
   std::unique_ptr<RE2> re_;
   std::vector<Capture> captures_;
   int slots_;
+  const DecoderLimits limits_;
   std::vector<re2::StringPiece> submatches_;
 };
 
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Decoder>> MakeRegexDecoder(
-    const std::string& pattern, const FieldSet& fields) {
+    const std::string& pattern, const FieldSet& fields,
+    const DecoderLimits& limits) {
   if (pattern.empty()) {
     return absl::InvalidArgumentError(
         "the regex input format needs a pattern with named groups, e.g. "
@@ -112,7 +123,7 @@ absl::StatusOr<std::unique_ptr<Decoder>> MakeRegexDecoder(
     if (slot >= 0) captures.push_back({group, slot});
   }
   return std::make_unique<RegexDecoder>(std::move(re), std::move(captures),
-                                        fields.size());
+                                        fields.size(), limits);
 }
 
 }  // namespace ingest_internal

@@ -7,14 +7,21 @@ namespace invariantd {
 
 Engine::Engine(std::shared_ptr<const RuleSet> rules, EngineOptions options)
     : rules_(std::move(rules)), options_(options) {
-  for (const Rule& r : rules_->rules()) {
-    const size_t shards = options_.shards == 0 ? 1 : options_.shards;
-    states_.push_back(
-        r.config->NewState((r.max_keys + shards - 1) / shards, r.overflow));
+  for (size_t i = 0; i < rules_->rules().size(); ++i) {
+    states_.push_back(NewState(i));
   }
   counters_.resize(rules_->rules().size());
   scratch_ = NewPrepared();
   ring_.resize(options_.dedupe_window);
+}
+
+std::unique_ptr<RuleState> Engine::NewState(size_t i) const {
+  const Rule& r = rules_->rules()[i];
+  const size_t shards = options_.shards == 0 ? 1 : options_.shards;
+  std::unique_ptr<RuleState> s =
+      r.config->NewState((r.max_keys + shards - 1) / shards, r.overflow);
+  s->SetBudget(options_.budget.get());
+  return s;
 }
 
 Hash128 Engine::Identity(const Event& event) {
@@ -235,6 +242,7 @@ std::vector<std::string> Engine::TakeStateFrom(Engine& old) {
           old.states_[j] != nullptr) {
         states_[i] = std::move(old.states_[j]);
         states_[i]->Rebind(now[i].config.get());
+        states_[i]->SetBudget(options_.budget.get());
         counters_[i] = old.counters_[j];
         carried.push_back(now[i].name);
         break;
@@ -353,9 +361,7 @@ absl::Status Engine::RestoreState(std::string_view in,
       continue;  // its base was unreadable: later changes mean nothing
     }
     if (!states_[i]->RestoreState(image)) {
-      const size_t shards = options_.shards == 0 ? 1 : options_.shards;
-      states_[i] = rules[i].config->NewState(
-          (rules[i].max_keys + shards - 1) / shards, rules[i].overflow);
+      states_[i] = NewState(i);
       if (std::find(discarded->begin(), discarded->end(), name) ==
           discarded->end()) {
         discarded->emplace_back(name);
@@ -375,13 +381,11 @@ absl::Status Engine::RestoreState(std::string_view in,
 
 void Engine::ResetRules(const std::vector<std::string>& names) {
   const std::vector<Rule>& rules = rules_->rules();
-  const size_t shards = options_.shards == 0 ? 1 : options_.shards;
   for (size_t i = 0; i < rules.size(); ++i) {
     if (std::find(names.begin(), names.end(), rules[i].name) == names.end()) {
       continue;
     }
-    states_[i] = rules[i].config->NewState(
-        (rules[i].max_keys + shards - 1) / shards, rules[i].overflow);
+    states_[i] = NewState(i);
   }
 }
 

@@ -24,6 +24,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "rules/kind.h"
+#include "rules/memory_budget.h"
 #include "rules/rule_set.h"
 #include "sidecar/core/event.h"
 #include "sidecar/core/violation.h"
@@ -41,6 +42,9 @@ struct EngineOptions {
   // Called for rules with `export_gauge: true` after each event they
   // judged: (rule name, key values joined by ",", the field's value).
   std::function<void(std::string_view, std::string_view, double)> on_gauge;
+  // One memory budget for the state of every rule of every engine that
+  // shares it (rules/memory_budget.h); null: only max_keys bounds a rule.
+  std::shared_ptr<MemoryBudget> budget;
 };
 
 struct RuleCounters {
@@ -139,6 +143,8 @@ class Engine {
   const RuleSet& rules() const { return *rules_; }
 
  private:
+  // A fresh state for rule `i`, with its share of max_keys and the budget.
+  std::unique_ptr<RuleState> NewState(size_t i) const;
   Hash128 Identity(const Event& event);
   void PublishGauge(const Rule& rule, const Event& event);
   bool SeenRecently(const Hash128& id);

@@ -33,6 +33,10 @@
 //   kRejectNew    leaves the table unchanged, counts the rejection, and the
 //                 caller skips the event for this rule (lost coverage).
 // Sampling uses a fixed-seed generator: the same input evicts the same keys.
+// With a MemoryBudget (SetBudget), a new key that needs memory the budget
+// does not have -- a larger slot array, or any while the budget is spent on
+// heap -- is an overflow too, handled by the same policy and also counted
+// in budget_refusals(). A table that cannot evict (empty) rejects.
 //
 // Thread-safety: none; one table is owned by one evaluation thread.
 #ifndef INVARIANTD_RULES_KEY_TABLE_H_
@@ -49,6 +53,7 @@
 #include <utility>
 #include <vector>
 
+#include "rules/memory_budget.h"
 #include "sidecar/core/hash.h"
 
 namespace invariantd {
@@ -101,14 +106,24 @@ class KeyTable {
       a->at(i).touch = clock_;
       return Ref{a->state(i), false};
     }
-    if (size_ >= max_keys_) {
-      if (policy_ == OverflowPolicy::kRejectNew || max_keys_ == 0) {
+    const bool over_budget = size_ < max_keys_ && !ReserveForInsert();
+    if (size_ >= max_keys_ || over_budget) {
+      if (over_budget) NoteRefusal();
+      if (policy_ == OverflowPolicy::kRejectNew || size_ == 0) {
         ++rejected_;
         return Ref{};
       }
       EvictOne();
     }
-    if ((cur_.live + 1) * 8 > cur_.capacity() * 7) Grow();
+    if (NeedsGrow()) {
+      // Only after an eviction from the old array while migrating.
+      if (!charge_.Reserve(Bytes() + GrowBytes())) {
+        NoteRefusal();
+        ++rejected_;
+        return Ref{};
+      }
+      Grow();
+    }
     i = cur_.FreeSlotFor(key);
     cur_.Construct(i, key, clock_);
     ++size_;
@@ -276,7 +291,15 @@ class KeyTable {
   void AddHeapBytes(int64_t delta) {
     heap_bytes_ =
         static_cast<size_t>(static_cast<int64_t>(heap_bytes_) + delta);
+    Retrack();
   }
+  // Charges this table's memory (slot arrays and states' heap) to `budget`
+  // from now on (null: none); the charge is released when it is destroyed.
+  void SetBudget(MemoryBudget* budget) { charge_.Set(budget, Bytes()); }
+  // New keys refused because the budget was spent.
+  uint64_t budget_refusals() const { return budget_refusals_; }
+  // Slot arrays plus the states' heap.
+  size_t Bytes() const { return SlotBytes() + heap_bytes_; }
   size_t capacity() const { return cur_.capacity(); }
   size_t max_keys() const { return max_keys_; }
   uint64_t evicted() const { return evicted_; }
@@ -499,6 +522,7 @@ class KeyTable {
     heap_bytes_ -= HeapOf()(*a->state(i));
     a->EraseAt(i);
     --size_;
+    Retrack();
   }
 
   static Hash128 Normalize(Hash128 k) {
@@ -506,14 +530,37 @@ class KeyTable {
     return k;
   }
 
+  bool NeedsGrow() const { return (cur_.live + 1) * 8 > cur_.capacity() * 7; }
+  static size_t GrownCapacity(size_t cap) {
+    return cap < 16 ? 16 : cap + cap / 2;
+  }
+  size_t GrowBytes() const {
+    return GrownCapacity(cur_.capacity()) * sizeof(Slot);
+  }
+  // Makes the budget cover the memory one more key needs: the larger array
+  // when the current one is due to grow.
+  bool ReserveForInsert() {
+    if (charge_.budget() == nullptr) return true;
+    return charge_.Reserve(Bytes() + (NeedsGrow() ? GrowBytes() : 0));
+  }
+  void NoteRefusal() {
+    ++budget_refusals_;
+    charge_.budget()->NoteRefusal();
+  }
+  // Brings the budget's charge in line with what the table holds.
+  void Retrack() {
+    if (charge_.budget() != nullptr) charge_.Track(Bytes());
+  }
+
   void Grow() {
     if (Migrating()) MigrateAll();  // not reached at the rates above
     const size_t cap = cur_.capacity();
-    const size_t new_cap = cap < 16 ? 16 : cap + cap / 2;
+    const size_t new_cap = GrownCapacity(cap);
     old_ = std::move(cur_);
     cur_ = Array(new_cap);
     // Small arrays are rehashed at once (well under a millisecond).
     if (old_.capacity() * sizeof(Slot) < incremental_from_bytes_) MigrateAll();
+    Retrack();
   }
 
   // Moves up to `steps` positions of the old array into the new one.
@@ -537,6 +584,7 @@ class KeyTable {
     }
     if (old_.live == 0 || old_.cursor >= cap) {
       old_.Release();
+      Retrack();
     } else {
       old_.ReturnPagesBelowCursor();
     }
@@ -554,6 +602,7 @@ class KeyTable {
         cur_.MoveIn(cur_.FreeSlotFor(old_.at(i).key), old_, i);
     }
     old_.Release();
+    Retrack();
   }
 
   // Evicts the least recently touched of 8 sampled keys. Samples come from
@@ -584,7 +633,10 @@ class KeyTable {
     }
     Remove(victim_array, victim);
     ++evicted_;
-    if (Migrating() && old_.live == 0) old_.Release();
+    if (Migrating() && old_.live == 0) {
+      old_.Release();
+      Retrack();
+    }
   }
 
   uint64_t NextRandom() {  // splitmix64, fixed seed: deterministic eviction
@@ -610,6 +662,8 @@ class KeyTable {
   uint64_t rng_ = 0x1f2e3d4c5b6a7988ULL;
   uint64_t evicted_ = 0;
   uint64_t rejected_ = 0;
+  uint64_t budget_refusals_ = 0;
+  BudgetCharge charge_;  // last: released before the arrays are freed
 };
 
 }  // namespace invariantd

@@ -98,6 +98,7 @@ struct TableStats {
   size_t bytes = 0;
   uint64_t evicted = 0;
   uint64_t rejected = 0;
+  uint64_t budget_refusals = 0;  // of evicted + rejected: the memory budget
 };
 
 class RuleState {
@@ -113,6 +114,9 @@ class RuleState {
   // rule set (rule reload keeps the state of unchanged rules). `config`
   // must be of this state's kind and outlive the state.
   virtual void Rebind(const KindConfig* config) = 0;
+  // Charges the state's memory to `budget` from now on (rules/memory_budget.h;
+  // null: none). Stateless kinds keep the default.
+  virtual void SetBudget(MemoryBudget* budget) {}
 
   // Checkpoints (sidecar/pipeline). After TrackChanges(), SaveState appends
   // to `out` an image of what changed since the previous SaveState, plus
@@ -256,9 +260,10 @@ class KeyedRuleState final : public RuleState {
 
   // O(1): the heap of the states is kept up to date as they change.
   TableStats Stats() const override {
-    return TableStats{table_.size(), table_.SlotBytes() + table_.heap_bytes(),
-                      table_.evicted(), table_.rejected()};
+    return TableStats{table_.size(), table_.Bytes(), table_.evicted(),
+                      table_.rejected(), table_.budget_refusals()};
   }
+  void SetBudget(MemoryBudget* budget) override { table_.SetBudget(budget); }
 
   void TrackChanges() override {
     table_.TrackChanges(/*on_touch=*/false);

@@ -58,6 +58,7 @@ struct App::Services {
   std::atomic<int64_t> last_checkpoint_ns{0};
   std::atomic<bool> data_dir_ok{true};
   std::atomic<bool> kafka_ok{true};
+  std::shared_ptr<MemoryBudget> state_budget;  // null: none configured
   // Previous totals, to turn cumulative stats into counter increments.
   std::map<std::string, uint64_t> last;
   uint64_t Delta(const std::string& name, uint64_t total) {
@@ -199,7 +200,8 @@ absl::Status App::Start() {
   s_->positions_path = config_.data_dir + "/tail-positions.json";
 
   // Metrics.
-  s_->metrics = std::make_unique<Metrics>(std::string(Version()));
+  s_->metrics = std::make_unique<Metrics>(std::string(Version()),
+                                          config_.metrics_max_protocol_series);
   Services* s = s_.get();
   const bool to_stdout = config_.stdout_violations;
 
@@ -308,7 +310,14 @@ absl::Status App::Start() {
   popts.workers = config_.workers;
   popts.queue_capacity = config_.queue_capacity;
   popts.max_line_bytes = config_.max_line_bytes;
+  popts.input_limits.max_depth = config_.max_depth;
+  popts.input_limits.max_fields = config_.max_fields;
+  popts.input_limits.max_string_bytes = config_.max_string_bytes;
   popts.engine.dedupe_window = config_.dedupe_window;
+  if (config_.state_max_bytes != 0) {
+    s_->state_budget = std::make_shared<MemoryBudget>(config_.state_max_bytes);
+    popts.engine.budget = s_->state_budget;
+  }
   Metrics* metrics = s_->metrics.get();
   popts.on_eval_latency = [metrics](double s) { metrics->RuleEvalLatency(s); };
   popts.engine.on_gauge = [metrics](std::string_view rule, std::string_view key,
@@ -525,6 +534,28 @@ absl::Status App::Start() {
     if (!s->state_problem.empty()) {
       absl::StrAppend(&r.body, "state: ", SanitizeText(s->state_problem, 400),
                       "\n");
+    }
+    // Lost coverage (keys evicted or refused at max_keys or at the memory
+    // budget) does not make the sidecar unready either: it goes on
+    // checking every key it tracks.
+    std::vector<std::string> lost;
+    for (const RuleSnapshot& rs : s->pipeline->Rules()) {
+      if (rs.table.evicted == 0 && rs.table.rejected == 0) continue;
+      std::string line = absl::StrCat(rs.name, " (evicted ", rs.table.evicted,
+                                      ", rejected ", rs.table.rejected);
+      if (rs.table.budget_refusals > 0) {
+        absl::StrAppend(&line, "; ", rs.table.budget_refusals,
+                        " at the memory budget");
+      }
+      lost.push_back(line + ")");
+    }
+    if (!lost.empty()) {
+      absl::StrAppend(&r.body, "coverage: lost on ", absl::StrJoin(lost, ", "),
+                      "\n");
+    }
+    if (s->state_budget) {
+      absl::StrAppend(&r.body, "state memory: ", s->state_budget->used(),
+                      " of ", s->state_budget->limit(), " bytes\n");
     }
     // Paging trouble does not make the sidecar unready (checking goes on
     // and pages wait in the outbox); it is reported here and in metrics.
@@ -762,8 +793,14 @@ void App::Housekeeping() {
       m.RuleKeys(r.name, static_cast<double>(r.table.keys));
       m.RuleOverflow(r.name, "evicted", r.table.evicted);
       m.RuleOverflow(r.name, "rejected", r.table.rejected);
+      m.RuleState(r.name, static_cast<double>(r.table.bytes),
+                  r.table.budget_refusals);
       m.RuleSkipped(r.name, "missing_field", r.counters.skipped_missing);
       m.RuleSkipped(r.name, "type_error", r.counters.skipped_type);
+    }
+    if (s_->state_budget) {
+      m.StateBudget(static_cast<double>(s_->state_budget->limit()),
+                    static_cast<double>(s_->state_budget->used()));
     }
     if (s_->tailer) {
       const TailStats ts = s_->tailer->Stats();

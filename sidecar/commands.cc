@@ -30,6 +30,9 @@ int RunReplay(const ReplayCommand& cmd, std::ostream& out, std::ostream& err) {
   ReplayerOptions opts;
   opts.max_line_bytes = cmd.max_line_bytes;
   opts.engine.dedupe_window = cmd.dedupe_window;
+  if (cmd.max_state_bytes != 0) {
+    opts.engine.budget = std::make_shared<MemoryBudget>(cmd.max_state_bytes);
+  }
   if (!cmd.input_format.empty()) {
     auto f = ParseInputFormat(cmd.input_format);
     if (!f.ok()) {

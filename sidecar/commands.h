@@ -26,6 +26,7 @@ struct ReplayCommand {
   std::string pattern;       // for --input-format regex
   size_t max_line_bytes = 1 << 20;
   size_t dedupe_window = 1 << 16;
+  uint64_t max_state_bytes = 0;  // memory budget of the rules' state; 0: none
   bool summary = true;
 };
 

@@ -165,11 +165,26 @@ absl::Status LoadRunConfig(const std::string& path, RunConfig* c) {
         r.Int(&c->checkpoint_interval_ms, 10, 600000)},
        {"input",
         [&](const YAML::Node& n) {
-          r.Map(n, "input",
-                {{"format", r.String(&c->input_format)},
-                 {"pattern", r.String(&c->pattern)},
-                 {"max_line_bytes", r.Int(&c->max_line_bytes, 64, 1LL << 30)},
-                 {"dedupe_window", r.Int(&c->dedupe_window, 0, 1 << 24)}});
+          r.Map(
+              n, "input",
+              {{"format", r.String(&c->input_format)},
+               {"pattern", r.String(&c->pattern)},
+               {"max_line_bytes", r.Int(&c->max_line_bytes, 64, 1LL << 30)},
+               {"max_depth", r.Int(&c->max_depth, 1, 1024)},
+               {"max_fields", r.Int(&c->max_fields, 1, 1 << 24)},
+               {"max_string_bytes", r.Int(&c->max_string_bytes, 16, 1LL << 30)},
+               {"dedupe_window", r.Int(&c->dedupe_window, 0, 1 << 24)}});
+        }},
+       {"metrics",
+        [&](const YAML::Node& n) {
+          r.Map(n, "metrics",
+                {{"max_protocol_series",
+                  r.Int(&c->metrics_max_protocol_series, 0, 1 << 20)}});
+        }},
+       {"state",
+        [&](const YAML::Node& n) {
+          r.Map(n, "state",
+                {{"max_bytes", r.Int(&c->state_max_bytes, 0, 1LL << 50)}});
         }},
        {"tail",
         [&](const YAML::Node& n) {

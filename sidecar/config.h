@@ -27,6 +27,9 @@ struct RunConfig {
   std::string input_format;  // empty: the rule files' `input`, else json
   std::string pattern;
   size_t max_line_bytes = 1 << 20;
+  int max_depth = 64;                   // JSON nesting
+  size_t max_fields = 10000;            // per record
+  size_t max_string_bytes = 256 << 10;  // per string value
   size_t dedupe_window = 1 << 16;
   size_t queue_capacity = 65536;
   // file tail
@@ -71,6 +74,11 @@ struct RunConfig {
   int alert_backoff_max_ms = 300000;
   int alert_max_batch = 500;
   int alert_max_labels = 32;
+  // Series of invariantd_protocol_state (export_gauge rules); more are
+  // dropped and counted.
+  size_t metrics_max_protocol_series = 1000;
+  // Memory budget for the state of all rules (0: none; max_keys only).
+  uint64_t state_max_bytes = uint64_t{1} << 30;
   // lifecycle
   int shutdown_timeout_ms = 10000;
   int checkpoint_interval_ms = 1000;

@@ -39,6 +39,9 @@ int main(int argc, char** argv) {
                  "Recent event identities remembered to skip redeliveries "
                  "(0 disables)")
       ->check(CLI::Range(size_t{0}, size_t{1} << 24));
+  rp->add_option("--max-state-bytes", replay.max_state_bytes,
+                 "Memory budget for all rules' state (default: none); at it, "
+                 "each rule's on_overflow applies");
   rp->add_flag("!--no-summary", replay.summary, "Do not print the summary");
   rp->add_option("files", replay.inputs, "Input files ('-' is stdin)");
 
@@ -165,6 +168,9 @@ int main(int argc, char** argv) {
   auto* webhook_secret =
       run->add_option("--webhook-secret-file", flags.webhook_secret_file,
                       "File holding the webhook's HMAC-SHA256 key");
+  auto* max_state = run->add_option(
+      "--max-state-bytes", flags.state_max_bytes,
+      "Memory budget for all rules' state (0: none; default 1 GiB)");
   run->add_flag("--no-stdout", no_stdout,
                 "Do not print violations as JSON lines on stdout");
 
@@ -223,6 +229,7 @@ int main(int argc, char** argv) {
     if (*query_token) config.query_token_file = flags.query_token_file;
     if (allow_unauthenticated) config.allow_unauthenticated = true;
     if (*workers) config.workers = flags.workers;
+    if (*max_state) config.state_max_bytes = flags.state_max_bytes;
     if (*log_level) config.log_level = flags.log_level;
     if (no_stdout) config.stdout_violations = false;
     if (no_evidence) config.evidence = false;

@@ -91,6 +91,7 @@ absl::StatusOr<std::unique_ptr<Decoder>> Pipeline::MakeDecoderFor(
     if (!d.ok()) return d.status();
     dopts = *d;
   }
+  dopts.limits = options_.input_limits;
   return MakeDecoder(dopts, rules.fields());
 }
 
@@ -453,7 +454,8 @@ void Pipeline::WorkerLoop(Worker* w) {
   std::vector<Work*> done;
   std::vector<Violation> out;
   PublishRules(w);
-  while (w->queue.PopBatch(&batch, 64)) {
+  bool drained = false;
+  while (w->queue.PopBatch(&batch, 64, &drained)) {
     const auto now = std::chrono::steady_clock::now();
     if (now - w->last_publish > std::chrono::milliseconds(500)) {
       w->last_publish = now;
@@ -515,6 +517,9 @@ void Pipeline::WorkerLoop(Worker* w) {
     }
     batch.clear();
     Retire(&done);
+    // About to wait for work: what it did so far is what the metrics
+    // should show, however long the wait.
+    if (drained) PublishRules(w);
     // Last touch of this round: after it, Reload may replace the engine;
     // the next PopBatch (under the queue's mutex) sees the new one.
     if (barrier != nullptr) barrier->set_value();
@@ -890,6 +895,7 @@ std::vector<RuleSnapshot> Pipeline::Rules() const {
       out[i].table.bytes += ts.bytes;
       out[i].table.evicted += ts.evicted;
       out[i].table.rejected += ts.rejected;
+      out[i].table.budget_refusals += ts.budget_refusals;
     }
   }
   return out;

@@ -193,6 +193,7 @@ struct PipelineOptions {
   size_t max_uncommitted_checkpoints = 32;
   uint64_t max_uncommitted_checkpoint_bytes = uint64_t{64} << 20;
   std::optional<DecoderOptions> decoder;  // default: the rule set's input
+  DecoderLimits input_limits;             // per record, whichever the format
   EngineOptions engine;
 };
 

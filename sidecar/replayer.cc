@@ -34,6 +34,7 @@ absl::StatusOr<std::unique_ptr<Replayer>> Replayer::Create(
     if (!o.ok()) return o.status();
     dopts = *o;
   }
+  dopts.limits = options.limits;
   auto a = MakeDecoder(dopts, rules->fields());
   if (!a.ok()) return a.status();
   auto b = MakeDecoder(dopts, rules->fields());
@@ -194,6 +195,10 @@ void Replayer::WriteSummary(std::ostream& out) const {
       out << absl::StrFormat(
           " LOST COVERAGE: evicted=%d rejected=%d (max_keys=%d)",
           s.table.evicted, s.table.rejected, s.rule->max_keys);
+      if (s.table.budget_refusals > 0) {
+        out << absl::StrFormat(" of which at the memory budget=%d",
+                               s.table.budget_refusals);
+      }
     }
     out << "\n";
   }

@@ -32,6 +32,7 @@ namespace invariantd {
 struct ReplayerOptions {
   // Overrides the rule set's `input` when set.
   std::optional<DecoderOptions> decoder;
+  DecoderLimits limits;  // per record, whichever the format
   size_t max_line_bytes = 1 << 20;
   EngineOptions engine;
   // Rejected records reported individually (the rest are only counted).

@@ -87,6 +87,28 @@ struct Metrics::Impl {
                 .Help("Keys a rule evicted or refused at its key limit "
                       "(lost coverage).")
                 .Register(*registry)),
+        rule_state_bytes(prometheus::BuildGauge()
+                             .Name("invariantd_rule_state_bytes")
+                             .Help("Memory held by a rule's state.")
+                             .Register(*registry)),
+        rule_budget_refusals(
+            prometheus::BuildCounter()
+                .Name("invariantd_rule_budget_refusals_total")
+                .Help("New keys a rule could not track because the state "
+                      "memory budget was spent (also in "
+                      "invariantd_rule_overflow_total).")
+                .Register(*registry)),
+        state_budget(prometheus::BuildGauge()
+                         .Name("invariantd_state_budget_bytes")
+                         .Help("Memory budget for the state of all rules "
+                               "(0: none).")
+                         .Register(*registry)
+                         .Add({})),
+        state_budget_used(prometheus::BuildGauge()
+                              .Name("invariantd_state_budget_used_bytes")
+                              .Help("Rule state memory charged to the budget.")
+                              .Register(*registry)
+                              .Add({})),
         rule_skipped(prometheus::BuildCounter()
                          .Name("invariantd_rule_skipped_total")
                          .Help("Events a rule could not evaluate, by reason.")
@@ -230,6 +252,10 @@ struct Metrics::Impl {
   Histogram& rule_eval;
   Family<Gauge>& rule_keys;
   Family<Counter>& rule_overflow;
+  Family<Gauge>& rule_state_bytes;
+  Family<Counter>& rule_budget_refusals;
+  Gauge& state_budget;
+  Gauge& state_budget_used;
   Family<Counter>& rule_skipped;
   Family<Gauge>& queue_depth;
   Family<Counter>& admission_rejected;
@@ -344,6 +370,18 @@ void Metrics::RuleOverflow(std::string_view rule, std::string_view policy,
                            uint64_t total) {
   impl_->SetTotal(impl_->rule_overflow,
                   {{"rule", Label(rule)}, {"policy", Label(policy)}}, total);
+}
+
+void Metrics::RuleState(std::string_view rule, double bytes,
+                        uint64_t refusals_total) {
+  impl_->rule_state_bytes.Add({{"rule", Label(rule)}}).Set(bytes);
+  impl_->SetTotal(impl_->rule_budget_refusals, {{"rule", Label(rule)}},
+                  refusals_total);
+}
+
+void Metrics::StateBudget(double limit, double used) {
+  impl_->state_budget.Set(limit);
+  impl_->state_budget_used.Set(used);
 }
 
 void Metrics::RuleSkipped(std::string_view rule, std::string_view reason,

@@ -76,6 +76,14 @@ class Metrics {
   // "rejected"; `total` is cumulative (see above).
   void RuleOverflow(std::string_view rule, std::string_view policy,
                     uint64_t total);
+  // invariantd_rule_state_bytes{rule}: memory of the rule's state now;
+  // invariantd_rule_budget_refusals_total{rule}: new keys refused because
+  // the state memory budget was spent (each also counted in
+  // rule_overflow_total as evicted or rejected); `refusals_total` cumulative.
+  void RuleState(std::string_view rule, double bytes, uint64_t refusals_total);
+  // invariantd_state_budget_bytes and invariantd_state_budget_used_bytes:
+  // the memory budget of all rules' state and what is charged to it.
+  void StateBudget(double limit, double used);
   // invariantd_rule_skipped_total{rule,reason}; `total` is cumulative.
   void RuleSkipped(std::string_view rule, std::string_view reason,
                    uint64_t total);

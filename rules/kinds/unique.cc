@@ -86,9 +86,10 @@ class UniqueState final : public RuleState {
   }
 
   TableStats Stats() const override {
-    return TableStats{table_.size(), table_.SlotBytes(), table_.evicted(),
-                      table_.rejected()};
+    return TableStats{table_.size(), table_.Bytes(), table_.evicted(),
+                      table_.rejected(), table_.budget_refusals()};
   }
+  void SetBudget(MemoryBudget* budget) override { table_.SetBudget(budget); }
 
   void Rebind(const KindConfig* config) override {
     c_ = static_cast<const UniqueConfig*>(config);

@@ -50,9 +50,10 @@ TEST(InputFormatTest, NamesRoundTrip) {
 
 TEST(RejectReasonTest, CodesAreStableAndDistinct) {
   const std::vector<std::string_view> codes = {
-      reject::kInvalidJson, reject::kInvalidUtf8,   reject::kNotAnObject,
-      reject::kTooDeep,     reject::kInvalidLogfmt, reject::kNoMatch,
-      reject::kLineTooLong, reject::kEmptyLine};
+      reject::kInvalidJson,  reject::kInvalidUtf8,   reject::kNotAnObject,
+      reject::kTooDeep,      reject::kInvalidLogfmt, reject::kNoMatch,
+      reject::kLineTooLong,  reject::kEmptyLine,     reject::kTooManyFields,
+      reject::kStringTooLong};
   for (size_t i = 0; i < codes.size(); ++i) {
     for (size_t j = i + 1; j < codes.size(); ++j) {
       EXPECT_NE(codes[i], codes[j]);
@@ -60,6 +61,87 @@ TEST(RejectReasonTest, CodesAreStableAndDistinct) {
   }
   EXPECT_EQ(reject::kInvalidJson, "invalid_json");
   EXPECT_EQ(reject::kLineTooLong, "line_too_long");
+}
+
+// Record limits, in every format: a record over a limit is rejected with
+// the limit's reason and a column; one at the limit passes.
+DecoderOptions WithLimits(DecoderOptions o, size_t fields, size_t string) {
+  o.limits.max_fields = fields;
+  o.limits.max_string_bytes = string;
+  return o;
+}
+
+std::unique_ptr<DecoderHarness> Harness(const DecoderOptions& o,
+                                        const std::vector<std::string>& paths) {
+  auto h = DecoderHarness::Make(o, paths);
+  EXPECT_TRUE(h.ok()) << h.status();
+  return h.ok() ? std::move(*h) : nullptr;
+}
+
+TEST(RecordLimitsTest, JsonFieldsAreCountedAtEveryDepth) {
+  auto h = Harness(WithLimits(JsonOptions(), 3, 100), {"a"});
+  ASSERT_TRUE(h);
+  EXPECT_TRUE(h->Decode(R"({"a":1,"b":{"c":2}})").ok());  // 3 members
+  EXPECT_THAT(h->Decode(R"({"a":1,"b":{"c":2,"d":3}})"),
+              IsInvalidArgumentWith("more than 3 fields at column 22"));
+  EXPECT_EQ(h->reason(), reject::kTooManyFields);
+  // Colons inside strings and array elements are not fields.
+  EXPECT_TRUE(h->Decode(R"({"a":"x:y:z:w","b":[1,2,3,4,5,6]})").ok());
+  EXPECT_THAT(h->Get("a"), IsString("x:y:z:w"));
+}
+
+TEST(RecordLimitsTest, JsonStringsAreMeasuredAsWritten) {
+  auto h = Harness(WithLimits(JsonOptions(), 100, 8), {"a"});
+  ASSERT_TRUE(h);
+  EXPECT_TRUE(h->Decode(R"({"a":"12345678"})").ok());
+  EXPECT_THAT(h->Get("a"), IsString("12345678"));
+  EXPECT_THAT(
+      h->Decode(R"({"a":"123456789"})"),
+      IsInvalidArgumentWith("a string of 9 bytes (limit 8) at column 6"));
+  EXPECT_EQ(h->reason(), reject::kStringTooLong);
+  // Keys count, fields no rule reads count, escapes count as written.
+  EXPECT_FALSE(h->Decode(R"({"a":1,"a_long_key_":2})").ok());
+  EXPECT_EQ(h->reason(), reject::kStringTooLong);
+  EXPECT_FALSE(h->Decode(R"({"a":1,"z":"\"\"\"\"\""})").ok());
+  EXPECT_EQ(h->reason(), reject::kStringTooLong);
+  EXPECT_TRUE(h->Decode(R"({"a":"\"\"\"\""})").ok());
+  EXPECT_THAT(h->Get("a"), IsString("\"\"\"\""));
+}
+
+TEST(RecordLimitsTest, LogfmtPairsAndValues) {
+  auto h = Harness(WithLimits(testing_util::LogfmtOptions(), 2, 5), {"a"});
+  ASSERT_TRUE(h);
+  EXPECT_TRUE(h->Decode("a=12345 b").ok());
+  EXPECT_THAT(h->Get("a"), IsInt(12345));
+  EXPECT_THAT(h->Decode("a=1 b=2 c=3"),
+              IsInvalidArgumentWith("more than 2 fields at column 9"));
+  EXPECT_EQ(h->reason(), reject::kTooManyFields);
+  EXPECT_THAT(
+      h->Decode("a=123456"),
+      IsInvalidArgumentWith("a string of 6 bytes (limit 5) at column 3"));
+  EXPECT_EQ(h->reason(), reject::kStringTooLong);
+  EXPECT_FALSE(h->Decode(R"(a=1 z="quoted")").ok());
+  EXPECT_EQ(h->reason(), reject::kStringTooLong);
+}
+
+TEST(RecordLimitsTest, RegexCaptures) {
+  auto h = Harness(
+      WithLimits(testing_util::RegexOptions(R"(id=(?P<id>\w+))"), 10, 4),
+      {"id"});
+  ASSERT_TRUE(h);
+  EXPECT_TRUE(h->Decode("x id=abcd").ok());
+  EXPECT_THAT(
+      h->Decode("x id=abcde"),
+      IsInvalidArgumentWith("a string of 5 bytes (limit 4) at column 6"));
+  EXPECT_EQ(h->reason(), reject::kStringTooLong);
+}
+
+TEST(RecordLimitsTest, BadLimitsAreRefused) {
+  FieldSet fields;
+  EXPECT_THAT(MakeDecoder(WithLimits(JsonOptions(), 0, 10), fields).status(),
+              IsInvalidArgumentWith("max_fields must be at least 1"));
+  EXPECT_THAT(MakeDecoder(WithLimits(JsonOptions(), 10, 0), fields).status(),
+              IsInvalidArgumentWith("max_string_bytes must be at least 1"));
 }
 
 // Reads `relative` line by line and decodes every line with `h`; calls

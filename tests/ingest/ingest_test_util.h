@@ -147,7 +147,7 @@ MATCHER_P(IsInvalidArgumentWith, text,
 inline DecoderOptions JsonOptions(int max_depth = 64) {
   DecoderOptions o;
   o.format = InputFormat::kJson;
-  o.max_depth = max_depth;
+  o.limits.max_depth = max_depth;
   return o;
 }
 inline DecoderOptions LogfmtOptions() {

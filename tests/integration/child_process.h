@@ -81,6 +81,7 @@ class Child {
     return pred();
   }
   int Signal(int sig) { return kill(pid_, sig); }
+  pid_t pid() const { return pid_; }
   int Wait() {
     int status = 0;
     waitpid(pid_, &status, 0);

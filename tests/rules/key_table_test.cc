@@ -4,6 +4,8 @@
 #include <map>
 #include <set>
 #include <string>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -307,6 +309,125 @@ RC_GTEST_PROP(KeyTableProperty, RangesVisitExactlyTheirKeys, ()) {
     });
   }
   for (const auto& [lo, n] : all) RC_ASSERT(n == 1);
+}
+
+// The memory budget: tables of both policies share one budget, grow
+// (incrementally or at once), insert, erase and evict. After every step the
+// memory they hold is charged and within the budget, every new key is
+// either tracked or counted as rejected, and every key that left without
+// an erase is counted as evicted. When the tables are gone nothing is
+// charged.
+RC_GTEST_PROP(KeyTableProperty, BudgetBoundsMemoryAndCountsEveryKey, ()) {
+  const size_t limit = *rc::gen::inRange<size_t>(0, 400'000);
+  MemoryBudget budget(limit);
+  struct Ledger {
+    uint64_t absent_inserts = 0;  // FindOrInsert of a key not present
+    uint64_t inserted = 0;
+    uint64_t refused = 0;
+    uint64_t erased = 0;
+  };
+  {
+    std::vector<KeyTable<uint64_t>> tables;
+    for (int i = 0; i < 3; ++i) {
+      const bool evict = *rc::gen::arbitrary<bool>();
+      const size_t incremental = *rc::gen::element<size_t>(0, 1 << 30);
+      tables.emplace_back(
+          *rc::gen::inRange<size_t>(1, 20'000),
+          evict ? OverflowPolicy::kEvictOldest : OverflowPolicy::kRejectNew,
+          incremental);
+      tables.back().SetBudget(&budget);
+    }
+    std::vector<Ledger> ledger(tables.size());
+    const auto ops =
+        *rc::gen::container<std::vector<std::tuple<int, int, int>>>(
+            rc::gen::tuple(rc::gen::inRange(0, 3), rc::gen::inRange(0, 10),
+                           rc::gen::inRange(0, 3'000)));
+    uint64_t next = 1'000'000;
+    for (const auto& [ti, op, k] : ops) {
+      KeyTable<uint64_t>& t = tables[static_cast<size_t>(ti)];
+      Ledger& l = ledger[static_cast<size_t>(ti)];
+      // op 0 erases key k (of the first run, so often present); others
+      // insert a run of k keys, most of them new, so the budget is reached.
+      const uint64_t run = op == 0 ? 1 : static_cast<uint64_t>(k);
+      const uint64_t base = op == 0  ? static_cast<uint64_t>(k)
+                            : op < 3 ? 0
+                                     : std::exchange(next, next + run);
+      for (uint64_t key = base; key < base + run; ++key) {
+        if (op == 0) {
+          if (t.Erase(K(key))) ++l.erased;
+        } else {
+          const bool present = t.Find(K(key)) != nullptr;
+          auto r = t.FindOrInsert(K(key));
+          if (!present) {
+            ++l.absent_inserts;
+            if (r.state != nullptr) {
+              RC_ASSERT(r.inserted);
+              ++l.inserted;
+            } else {
+              ++l.refused;
+            }
+          }
+        }
+        size_t held = 0;
+        for (const auto& table : tables) held += table.Bytes();
+        RC_ASSERT(held <= budget.used());
+        RC_ASSERT(budget.used() <= limit);
+        RC_ASSERT(l.absent_inserts == l.inserted + l.refused);
+        RC_ASSERT(t.rejected() == l.refused);
+        RC_ASSERT(t.size() == l.inserted - t.evicted() - l.erased);
+        RC_ASSERT(t.budget_refusals() <= t.evicted() + t.rejected());
+      }
+    }
+  }
+  RC_ASSERT(budget.used() == 0u);
+}
+
+TEST(KeyTableTest, AtTheBudgetEvictOldestKeepsTrackingNewKeys) {
+  MemoryBudget budget(64 << 10);
+  KeyTable<uint64_t> t(1'000'000, OverflowPolicy::kEvictOldest);
+  t.SetBudget(&budget);
+  for (uint64_t k = 0; k < 100'000; ++k) {
+    auto r = t.FindOrInsert(K(k));
+    ASSERT_NE(r.state, nullptr) << k;
+  }
+  EXPECT_LE(budget.used(), budget.limit());
+  EXPECT_GT(t.budget_refusals(), 0u);
+  EXPECT_EQ(t.size() + t.evicted(), 100'000u);
+  EXPECT_EQ(t.rejected(), 0u);
+  EXPECT_NE(t.Find(K(99'999)), nullptr);  // the newest key is tracked
+  EXPECT_EQ(budget.refusals(), t.budget_refusals());
+}
+
+TEST(KeyTableTest, AtTheBudgetRejectNewKeepsTheOldKeys) {
+  MemoryBudget budget(64 << 10);
+  KeyTable<uint64_t> t(1'000'000, OverflowPolicy::kRejectNew);
+  t.SetBudget(&budget);
+  for (uint64_t k = 0; k < 100'000; ++k) t.FindOrInsert(K(k));
+  EXPECT_LE(budget.used(), budget.limit());
+  EXPECT_GT(t.size(), 500u);
+  EXPECT_GT(t.rejected(), 0u);
+  EXPECT_EQ(t.size() + t.rejected(), 100'000u);
+  EXPECT_EQ(t.budget_refusals(), t.rejected());
+  for (uint64_t k = 0; k < t.size(); ++k) {
+    ASSERT_NE(t.Find(K(k)), nullptr) << k;  // the first keys stay
+  }
+}
+
+// Heap owned by states is charged as it changes; erasing gives it back.
+TEST(KeyTableTest, BudgetFollowsTheStatesHeap) {
+  MemoryBudget budget(1 << 20);
+  {
+    KeyTable<std::string, StringHeap> t(1000, OverflowPolicy::kRejectNew);
+    t.SetBudget(&budget);
+    const size_t empty = budget.used();
+    auto r = t.FindOrInsert(K(1));
+    *r.state = std::string(200'000, 'x');
+    t.AddHeapBytes(static_cast<int64_t>(StringHeap()(*r.state)));
+    EXPECT_GE(budget.used(), empty + 200'000);
+    EXPECT_TRUE(t.Erase(K(1)));
+    EXPECT_LE(budget.used(), empty + 2 * MemoryBudget::kChunk);
+  }
+  EXPECT_EQ(budget.used(), 0u);
 }
 
 }  // namespace

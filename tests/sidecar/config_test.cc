@@ -30,7 +30,9 @@ listen: 0.0.0.0:9000
 data_dir: /var/lib/invariantd
 workers: 4
 stdout: false
-input: {format: logfmt, max_line_bytes: 4096, dedupe_window: 10}
+input: {format: logfmt, max_line_bytes: 4096, dedupe_window: 10,
+        max_depth: 8, max_fields: 100, max_string_bytes: 1000}
+state: {max_bytes: 0}
 tail: {paths: ["/var/log/app/*.log"], poll_interval_ms: 50}
 http: {ingest: false, auth_token_file: /etc/token, max_events: 5}
 kafka: {brokers: "k:9092", topics: [raft], group: g, config: {client.id: x}}
@@ -44,6 +46,11 @@ kafka: {brokers: "k:9092", topics: [raft], group: g, config: {client.id: x}}
   EXPECT_FALSE(c.stdout_violations);
   EXPECT_EQ(c.input_format, "logfmt");
   EXPECT_EQ(c.max_line_bytes, 4096u);
+  EXPECT_EQ(c.max_depth, 8);
+  EXPECT_EQ(c.max_fields, 100u);
+  EXPECT_EQ(c.max_string_bytes, 1000u);
+  EXPECT_EQ(c.state_max_bytes, 0u);
+  EXPECT_EQ(RunConfig().state_max_bytes, uint64_t{1} << 30);  // the default
   EXPECT_EQ(c.tail[0], "/var/log/app/*.log");
   EXPECT_EQ(c.tail_poll_interval_ms, 50);
   EXPECT_FALSE(c.http_ingest);

@@ -282,5 +282,68 @@ TEST(PipelineReloadTest, UnchangedRulesKeepStateChangedRulesStartFresh) {
   }
 }
 
+// One memory budget for every rule on every worker: a flood of distinct
+// keys fills it, after which each rule's overflow policy decides; every key
+// is tracked, evicted or rejected (counted exactly), the budget holds, and
+// the keys still tracked are still checked.
+TEST(PipelineBudgetTest, AFloodOfKeysStaysInTheBudgetAndIsCountedExactly) {
+  auto budget = std::make_shared<MemoryBudget>(size_t{1} << 20);
+  std::mutex mu;
+  std::vector<std::string> got;  // "rule@line"
+  PipelineOptions o;
+  o.workers = 2;
+  o.engine.budget = budget;
+  {
+    auto p = Pipeline::Create(
+        RulesFrom("rules:\n"
+                  "  - {name: evict, kind: monotonic, key: [k], field: v}\n"
+                  "  - {name: reject, kind: monotonic, key: [k], field: v,\n"
+                  "     on_overflow: reject_new}\n"
+                  "  - {name: agree, kind: agreement, key: [k], field: v}\n"),
+        o, [&](const Violation& v) {
+          std::lock_guard<std::mutex> l(mu);
+          got.push_back(absl::StrCat(v.rule, "@", v.line));
+        });
+    ASSERT_TRUE(p.ok());
+    (*p)->Start();
+    CountingAcker acker;
+    uint64_t line = 0;
+    auto push = [&](uint64_t k, int v) {
+      Record r;
+      r.source = "s";
+      r.line = ++line;
+      r.bytes = absl::StrCat("{\"k\":", k, ",\"v\":", v, "}");
+      r.acker = &acker;
+      r.ack_seq = line;
+      ASSERT_TRUE((*p)->Push(std::move(r)));
+    };
+    constexpr uint64_t kKeys = 200'000;
+    for (uint64_t k = 0; k < kKeys; ++k) push(k, 5);
+    push(0, 4);          // the first key: `reject` still tracks it
+    push(kKeys - 1, 4);  // the newest: `evict` still tracks it
+    (*p)->Stop();
+    EXPECT_LE(budget->used(), budget->limit());
+    EXPECT_GT(budget->refusals(), 0u);
+    for (const RuleSnapshot& r : (*p)->Rules()) {
+      SCOPED_TRACE(r.name);
+      // Each rule also met one of the last two keys as a new key again:
+      // `reject` refused kKeys - 1 twice; the others had evicted key 0.
+      EXPECT_EQ(r.table.keys + r.table.evicted + r.table.rejected, kKeys + 1);
+      EXPECT_GT(r.table.budget_refusals, 0u);
+      EXPECT_LE(r.table.budget_refusals, r.table.evicted + r.table.rejected);
+      EXPECT_GT(r.table.keys, 1000u);
+      if (r.name == "reject") {
+        EXPECT_EQ(r.table.evicted, 0u);
+      }
+    }
+    std::lock_guard<std::mutex> l(mu);
+    EXPECT_THAT(got,
+                ::testing::IsSupersetOf({absl::StrCat("reject@", kKeys + 1),
+                                         absl::StrCat("evict@", kKeys + 2),
+                                         absl::StrCat("agree@", kKeys + 2)}));
+  }
+  EXPECT_EQ(budget->used(), 0u);  // released with the pipeline
+}
+
 }  // namespace
 }  // namespace invariantd
