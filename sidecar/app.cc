@@ -123,6 +123,54 @@ bool IsLoopbackListen(std::string_view listen) {
          absl::StartsWith(AV(host), "127.");
 }
 
+// The bearer tokens by scope (least authority: auth_token_file for both,
+// ingest_token_file and query_token_file for one each), and the refusal to
+// listen off loopback while a scope that is on has no token. `open_scopes`
+// lists the scopes left open off loopback because allow_unauthenticated
+// accepts it. Used by App::Start and by CheckRunConfig alike.
+struct AuthSetup {
+  std::shared_ptr<TokenAuth> auth;
+  std::vector<std::string> open_scopes;
+};
+
+absl::StatusOr<AuthSetup> SetUpAuth(const RunConfig& config, bool evidence) {
+  AuthSetup out;
+  out.auth = std::make_shared<TokenAuth>();
+  for (const auto& [path, scopes] :
+       std::vector<std::pair<std::string, std::vector<AuthScope>>>{
+           {config.auth_token_file, {AuthScope::kIngest, AuthScope::kQuery}},
+           {config.ingest_token_file, {AuthScope::kIngest}},
+           {config.query_token_file, {AuthScope::kQuery}}}) {
+    if (path.empty()) continue;
+    auto tokens = ReadTokens(path);
+    if (!tokens.ok()) return tokens.status();
+    for (AuthScope scope : scopes) {
+      for (const std::string& t : *tokens) out.auth->Add(scope, t);
+    }
+  }
+  // Off loopback, whoever reaches the port could push events or read the
+  // evidence: refused unless tokens guard both, or the operator says so.
+  std::vector<std::string> open_scopes;
+  if (config.http_ingest && !out.auth->Required(AuthScope::kIngest)) {
+    open_scopes.push_back("ingest (--ingest-token-file)");
+  }
+  if (evidence && !out.auth->Required(AuthScope::kQuery)) {
+    open_scopes.push_back("evidence queries (--query-token-file)");
+  }
+  if (!IsLoopbackListen(config.listen) && !open_scopes.empty()) {
+    if (!config.allow_unauthenticated) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "listening on ", config.listen,
+          " (not loopback) without a token for ",
+          absl::StrJoin(open_scopes, " and "),
+          ": set the token files, or http.allow_unauthenticated: true "
+          "(--allow-unauthenticated) to accept it"));
+    }
+    out.open_scopes = std::move(open_scopes);
+  }
+  return out;
+}
+
 std::string PositionsToJson(const std::vector<TailPosition>& positions) {
   Json arr = Json::array();
   for (const TailPosition& p : positions) {
@@ -400,43 +448,14 @@ absl::Status App::Start() {
   hopts.max_line_bytes = config_.max_line_bytes;
   hopts.max_events = config_.http_max_events;
   hopts.durable_acks = s_->evidence != nullptr;
-  // Tokens by scope (least authority): auth_token_file for both,
-  // ingest_token_file and query_token_file for one each.
-  auto auth = std::make_shared<TokenAuth>();
-  for (const auto& [path, scopes] :
-       std::vector<std::pair<std::string, std::vector<AuthScope>>>{
-           {config_.auth_token_file, {AuthScope::kIngest, AuthScope::kQuery}},
-           {config_.ingest_token_file, {AuthScope::kIngest}},
-           {config_.query_token_file, {AuthScope::kQuery}}}) {
-    if (path.empty()) continue;
-    auto tokens = ReadTokens(path);
-    if (!tokens.ok()) return tokens.status();
-    for (AuthScope scope : scopes) {
-      for (const std::string& t : *tokens) auth->Add(scope, t);
-    }
-  }
-  // Off loopback, whoever reaches the port could push events or read the
-  // evidence: refused unless tokens guard both, or the operator says so.
-  std::vector<std::string> open_scopes;
-  if (config_.http_ingest && !auth->Required(AuthScope::kIngest)) {
-    open_scopes.push_back("ingest (--ingest-token-file)");
-  }
-  if (s_->evidence && !auth->Required(AuthScope::kQuery)) {
-    open_scopes.push_back("evidence queries (--query-token-file)");
-  }
-  if (!IsLoopbackListen(config_.listen) && !open_scopes.empty()) {
-    if (!config_.allow_unauthenticated) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "listening on ", config_.listen,
-          " (not loopback) without a token for ",
-          absl::StrJoin(open_scopes, " and "),
-          ": set the token files, or http.allow_unauthenticated: true "
-          "(--allow-unauthenticated) to accept it"));
-    }
+  auto auth_setup = SetUpAuth(config_, s_->evidence != nullptr);
+  if (!auth_setup.ok()) return auth_setup.status();
+  if (!auth_setup->open_scopes.empty()) {
     Log(LogLevel::kWarning, "listening without authentication",
         {{"listen", config_.listen},
-         {"open", absl::StrJoin(open_scopes, ", ")}});
+         {"open", absl::StrJoin(auth_setup->open_scopes, ", ")}});
   }
+  std::shared_ptr<TokenAuth> auth = auth_setup->auth;
   hopts.auth = auth;
   s_->http_ingest = std::make_unique<HttpIngest>(hopts, s_->pipeline.get());
   s_->http = std::make_unique<HttpServer>();
@@ -912,6 +931,67 @@ void App::StopAll() {
   s_->http.reset();
   s_->http_ingest.reset();
   s_->pipeline.reset();
+}
+
+int CheckRunConfig(const RunConfig& config, std::ostream& out,
+                   std::ostream& err) {
+  std::vector<std::string> errors;
+  LogLevel level;
+  if (!ParseLogLevel(config.log_level, &level)) {
+    errors.push_back(absl::StrCat("unknown log_level '", config.log_level,
+                                  "'; use debug, info, warning or error"));
+  }
+  if (absl::Status st = ValidateRunConfig(config); !st.ok()) {
+    errors.emplace_back(st.message());
+  }
+  LoadResult loaded;
+  if (!config.rules.empty()) {
+    loaded = LoadRuleFiles(config.rules);
+    for (const Diagnostic& d : loaded.diagnostics) {
+      errors.push_back(FormatDiagnostic(d));
+    }
+    if (!loaded.ok() && loaded.diagnostics.empty()) {
+      errors.push_back("the rule files could not be loaded");
+    }
+  }
+  auto auth = SetUpAuth(config, config.evidence);
+  if (!auth.ok()) errors.emplace_back(auth.status().message());
+  absl::StatusOr<PagerOptions> paging = PagerOptionsFromConfig(config);
+  if (!paging.ok()) errors.emplace_back(paging.status().message());
+  if (!errors.empty()) {
+    for (const std::string& e : errors) err << e << "\n";
+    err << errors.size() << " error(s): invariantd run would not start\n";
+    return kExitError;
+  }
+  std::vector<std::string> sinks;
+  for (const AlertSink& s : paging->sinks) sinks.push_back(s.name);
+  out << "ok: invariantd run would start with\n"
+      << "  rules: " << loaded.rules->rules().size() << " rules in "
+      << loaded.rules->files().size() << " file(s), rule set digest "
+      << loaded.rules->digest().Hex() << "\n"
+      << "  listen: " << config.listen << "\n"
+      << "  data_dir: " << config.data_dir << "\n"
+      << "  tail: "
+      << (config.tail.empty() ? "none" : absl::StrJoin(config.tail, " "))
+      << "\n"
+      << "  http ingest: " << (config.http_ingest ? "on" : "off") << "\n"
+      << "  kafka: "
+      << (config.kafka_brokers.empty()
+              ? std::string("none")
+              : absl::StrCat(config.kafka_brokers, " topics ",
+                             absl::StrJoin(config.kafka_topics, ","), " group ",
+                             config.kafka_group))
+      << "\n"
+      << "  tokens: ingest "
+      << (auth->auth->Required(AuthScope::kIngest) ? "required" : "open")
+      << ", query "
+      << (auth->auth->Required(AuthScope::kQuery) ? "required" : "open") << "\n"
+      << "  evidence: " << (config.evidence ? "on" : "off") << "\n"
+      << "  paging: " << (sinks.empty() ? "off" : absl::StrJoin(sinks, " "))
+      << "\n"
+      << "  workers: " << config.workers << ", log_level: " << config.log_level
+      << "\n";
+  return kExitOk;
 }
 
 int RunDaemon(const RunConfig& config) {

@@ -16,6 +16,7 @@
 #include <condition_variable>
 #include <memory>
 #include <mutex>
+#include <ostream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -68,6 +69,15 @@ class App {
 // `invariantd run`: blocks signals, starts the App, waits for SIGTERM or
 // SIGINT (stop) and SIGHUP, and returns the exit status.
 int RunDaemon(const RunConfig& config);
+
+// `invariantd run --check-config`: checks what a start checks before it
+// touches the data directory or the network -- the configuration, every
+// rule file, the token files and the off-loopback token requirement, the
+// paging sinks and the webhook secret file -- and prints what would run
+// (never a token) on `out`. Returns 0, or 2 with every problem on `err`.
+// Writes nothing, so it can run against a read-only or absent data_dir.
+int CheckRunConfig(const RunConfig& config, std::ostream& out,
+                   std::ostream& err);
 
 }  // namespace invariantd
 

@@ -173,6 +173,10 @@ int main(int argc, char** argv) {
       "Memory budget for all rules' state (0: none; default 1 GiB)");
   run->add_flag("--no-stdout", no_stdout,
                 "Do not print violations as JSON lines on stdout");
+  bool check_config = false;
+  run->add_flag("--check-config", check_config,
+                "Check the configuration, rules and token files, print what "
+                "would run, and exit (0 ok, 2 errors) without starting");
 
   try {
     app.parse(argc, argv);
@@ -233,6 +237,7 @@ int main(int argc, char** argv) {
     if (*log_level) config.log_level = flags.log_level;
     if (no_stdout) config.stdout_violations = false;
     if (no_evidence) config.evidence = false;
+    if (check_config) return CheckRunConfig(config, std::cout, std::cerr);
     return RunDaemon(config);
   }
   return kExitError;

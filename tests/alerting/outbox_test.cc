@@ -325,6 +325,26 @@ TEST_F(OutboxTest, NoTransactionWhenOnlyRowsOfARemovedSinkAreLeft) {
   EXPECT_EQ(Count(db(), "SELECT count(*) FROM alerts"), 1);  // rows left
 }
 
+// A rollback to a build that reads an older alerting schema refuses the
+// newer tables instead of writing into them (docs/operations.md).
+TEST(AlertingSchemaTest, ANewerVersionIsRefused) {
+  TempDir dir;
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(dir.File("v3.db").c_str(), &db), SQLITE_OK);
+  ASSERT_TRUE(CreateAlertingSchema(db).ok());
+  ASSERT_EQ(sqlite3_exec(db, "UPDATE alerting_meta SET version = 3", nullptr,
+                         nullptr, nullptr),
+            SQLITE_OK);
+  const absl::Status st = CreateAlertingSchema(db);
+  EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
+  EXPECT_NE(st.message().find("alerting tables have version 3, newer than "
+                              "this invariantd reads (2)"),
+            std::string::npos)
+      << st;
+  EXPECT_EQ(Count(db, "SELECT max(version) FROM alerting_meta"), 3);
+  sqlite3_close(db);
+}
+
 TEST(AlertingSchemaTest, Version1IsMigrated) {
   TempDir dir;
   sqlite3* db = nullptr;

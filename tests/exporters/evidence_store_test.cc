@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "exporters/evidence/state_store.h"
 #include "exporters/evidence/store.h"
 #include "gtest/gtest.h"
 #include "rapidcheck/gtest.h"
@@ -284,6 +285,43 @@ TEST(EvidenceStoreTest, RefusesWhatIsNotAnEvidenceStore) {
 
   s = EvidenceStore::Open(dir.File("absent.db"), /*read_only=*/true);
   EXPECT_FALSE(s.ok());
+}
+
+// Upgrades and rollbacks (docs/operations.md): a store written by a newer
+// format is refused with a message that says so and what to do, and the
+// file is left as it was; one of this format opens again.
+TEST(EvidenceStoreTest, StoresOfANewerFormatAreRefusedAndLeftAsTheyAre) {
+  TempDir dir;
+  const std::string evidence = dir.File("evidence.db");
+  MustAppend(*MustOpen(evidence), {Rec(1)});
+  Tamper(evidence, "PRAGMA user_version = 2");
+  auto e = EvidenceStore::Open(evidence);
+  ASSERT_FALSE(e.ok());
+  EXPECT_EQ(e.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(e.status().message().find(
+                "format version 2 is newer than this invariantd reads (1); "
+                "upgrade invariantd or point it elsewhere"),
+            std::string::npos)
+      << e.status();
+  EXPECT_NE(e.status().message().find(evidence), std::string::npos);
+  Tamper(evidence, "PRAGMA user_version = 1");
+  auto again = EvidenceStore::Open(evidence, /*read_only=*/true);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ((*again)->head_seq(), 1u);
+
+  const std::string state = dir.File("state.db");
+  ASSERT_TRUE(StateStore::Open(state).ok());
+  Tamper(state, "PRAGMA user_version = 2");
+  auto s = StateStore::Open(state);
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(s.status().message().find(
+                "format version 2 is newer than this invariantd reads (1); "
+                "upgrade invariantd or move the file aside"),
+            std::string::npos)
+      << s.status();
+  Tamper(state, "PRAGMA user_version = 1");
+  EXPECT_TRUE(StateStore::Open(state).ok());
 }
 
 // Damage to the file itself: opening or verifying reports it; nothing
