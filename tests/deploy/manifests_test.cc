@@ -13,6 +13,7 @@
 // in docs/configuration.md, and has a runbook entry per alert in
 // docs/operations.md, where every metric has one too.
 #include <algorithm>
+#include <cstdint>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -253,6 +254,39 @@ std::vector<Sidecar> Sidecars(const std::vector<Rendered>& all,
     EXPECT_GT(found, 0u) << r.name << ": no invariantd container";
   }
   return out;
+}
+
+// A Kubernetes memory quantity in bytes (plain, Ki/Mi/Gi), 0 if unparsed.
+uint64_t MemoryBytes(const std::string& q) {
+  uint64_t n = 0;
+  std::string unit;
+  if (!RE2::FullMatch(q, R"((\d+)(Ki|Mi|Gi)?)", &n, &unit)) return 0;
+  const uint64_t scale = unit == "Ki"   ? uint64_t{1} << 10
+                         : unit == "Mi" ? uint64_t{1} << 20
+                         : unit == "Gi" ? uint64_t{1} << 30
+                                        : 1;
+  return n * scale;
+}
+
+// Every sidecar has a state memory budget that fits in its memory limit
+// with room for the rest of the process (docs/configuration.md, State
+// memory budget): a flood of keys is then counted lost coverage, never an
+// OOM kill.
+TEST(ManifestsTest, TheStateBudgetFitsTheMemoryLimit) {
+  const std::vector<Rendered> all = LoadRendered();
+  const std::vector<Workload> workloads = Workloads(all);
+  for (const Sidecar& s : Sidecars(all, workloads)) {
+    const std::string where = Where(*s.workload->rendered, s.workload->doc);
+    uint64_t budget = 0;
+    for (const YAML::Node& a : s.container["args"]) {
+      RE2::FullMatch(Str(a), R"(--max-state-bytes=(\d+))", &budget);
+    }
+    EXPECT_GT(budget, 0u) << where << ": no --max-state-bytes=N argument";
+    const uint64_t limit =
+        MemoryBytes(Str(At(s.container, {"resources", "limits", "memory"})));
+    EXPECT_GE(limit, budget + (uint64_t{256} << 20))
+        << where << ": limits.memory must be at least the budget + 256Mi";
+  }
 }
 
 TEST(ManifestsTest, ProbesAndPortsMeetTheListener) {
