@@ -561,18 +561,21 @@ class CompiledExpr final : public Expr {
 }  // namespace
 
 std::unique_ptr<Expr> CompileExpr(std::string_view text, FieldSet* fields,
-                                  std::vector<ExprError>* errors) {
-  if (text.size() > kMaxExprBytes) {
-    errors->push_back(ExprError{
-        kMaxExprBytes,
-        absl::StrCat("expression is ", text.size(),
-                     " bytes long; the limit is ", kMaxExprBytes, " bytes")});
+                                  std::vector<ExprError>* errors,
+                                  const ExprLimits& limits) {
+  if (text.size() > limits.max_bytes) {
+    errors->push_back(
+        ExprError{limits.max_bytes, absl::StrCat("expression is ", text.size(),
+                                                 " bytes long; the limit is ",
+                                                 limits.max_bytes, " bytes")});
     return nullptr;
   }
+  const int max_depth = std::clamp(limits.max_depth, 1, kMaxExprDepthLimit);
   std::vector<ExprError> found;
   const std::vector<expr_internal::Token> tokens =
       expr_internal::Lex(text, &found);
-  const expr_internal::AstPtr ast = expr_internal::Parse(tokens, &found);
+  const expr_internal::AstPtr ast =
+      expr_internal::Parse(tokens, &found, max_depth);
   Compiler compiler(&found);
   Built root = compiler.Build(*ast);
   if (!found.empty() || !root.ok()) {

@@ -64,7 +64,8 @@
 // pattern validity, and that a boolean context (`when`, `always`) does not
 // receive an expression that can only be a number, string or null.
 //
-// Limits: at most kMaxExprBytes of text and kMaxExprDepth nesting levels
+// Limits: at most ExprLimits::max_bytes of text (default kMaxExprBytes) and
+// max_depth nesting levels (default kMaxExprDepth)
 // (parenthesis, operators and calls all count); beyond them compilation
 // fails with a diagnostic, never a stack overflow.
 //
@@ -89,6 +90,15 @@ namespace invariantd {
 
 inline constexpr size_t kMaxExprBytes = 4096;
 inline constexpr int kMaxExprDepth = 64;
+// The largest depth a configuration may allow: evaluation and compilation
+// recurse once per level, and this keeps them far from the stack's end.
+inline constexpr int kMaxExprDepthLimit = 256;
+
+// Limits on one expression (config `rule_limits`, docs/configuration.md).
+struct ExprLimits {
+  size_t max_bytes = kMaxExprBytes;
+  int max_depth = kMaxExprDepth;  // 1..kMaxExprDepthLimit
+};
 
 // One compile error: `offset` is the byte offset inside the expression text
 // where the problem is (the rule loader maps it to file:line:column).
@@ -131,7 +141,8 @@ class Expr {
 // failure returns nullptr, leaves `fields` unchanged, and appends *all*
 // errors found to `errors` (at least one), ordered by offset.
 std::unique_ptr<Expr> CompileExpr(std::string_view text, FieldSet* fields,
-                                  std::vector<ExprError>* errors);
+                                  std::vector<ExprError>* errors,
+                                  const ExprLimits& limits = {});
 
 }  // namespace invariantd
 

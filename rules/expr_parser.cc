@@ -43,8 +43,9 @@ std::string WordHint(const Token& t) {
 
 class Parser {
  public:
-  Parser(const std::vector<Token>& tokens, std::vector<ExprError>* errors)
-      : tokens_(tokens), errors_(errors) {}
+  Parser(const std::vector<Token>& tokens, std::vector<ExprError>* errors,
+         int max_depth)
+      : tokens_(tokens), errors_(errors), max_depth_(max_depth) {}
 
   AstPtr ParseAll() {
     if (Peek().kind == Tok::kEnd) {
@@ -73,7 +74,7 @@ class Parser {
   class DepthGuard {
    public:
     DepthGuard(Parser* p, size_t at) : p_(p) {
-      if (++p_->depth_ > kMaxExprDepth) p_->TooDeep(at);
+      if (++p_->depth_ > p_->max_depth_) p_->TooDeep(at);
     }
     ~DepthGuard() { --p_->depth_; }
     DepthGuard(const DepthGuard&) = delete;
@@ -115,7 +116,7 @@ class Parser {
   void TooDeep(size_t at) {
     if (!depth_reported_) {
       depth_reported_ = true;
-      Report(at, absl::StrCat("expression nests more than ", kMaxExprDepth,
+      Report(at, absl::StrCat("expression nests more than ", max_depth_,
                               " levels deep (parentheses, operators and "
                               "calls); split or simplify it"));
     }
@@ -141,9 +142,9 @@ class Parser {
     int d = 0;
     for (const AstPtr& k : n->kids) d = std::max(d, k->depth);
     n->depth = d + 1;
-    if (n->depth > kMaxExprDepth && !depth_reported_) {
+    if (n->depth > max_depth_ && !depth_reported_) {
       depth_reported_ = true;
-      Report(n->at, absl::StrCat("expression nests more than ", kMaxExprDepth,
+      Report(n->at, absl::StrCat("expression nests more than ", max_depth_,
                                  " levels deep (parentheses, operators and "
                                  "calls); split or simplify it"));
     }
@@ -527,6 +528,7 @@ class Parser {
   std::vector<ExprError>* errors_;
   size_t pos_ = 0;
   int depth_ = 0;
+  const int max_depth_;
   bool panic_ = false;
   bool fatal_ = false;
   bool depth_reported_ = false;
@@ -534,8 +536,9 @@ class Parser {
 
 }  // namespace
 
-AstPtr Parse(const std::vector<Token>& tokens, std::vector<ExprError>* errors) {
-  return Parser(tokens, errors).ParseAll();
+AstPtr Parse(const std::vector<Token>& tokens, std::vector<ExprError>* errors,
+             int max_depth) {
+  return Parser(tokens, errors, max_depth).ParseAll();
 }
 
 }  // namespace invariantd::expr_internal

@@ -5,7 +5,7 @@
 // which further syntax errors are not reported until it re-synchronizes at a
 // ',' or closing bracket of an argument list, list or parenthesis; so
 // independent mistakes in different arguments are all reported, cascades of
-// one mistake are not. Nesting deeper than kMaxExprDepth stops the parse
+// one mistake are not. Nesting deeper than the limit stops the parse
 // (one error), so recursion depth is bounded whatever the input.
 #ifndef INVARIANTD_RULES_EXPR_PARSER_H_
 #define INVARIANTD_RULES_EXPR_PARSER_H_
@@ -21,7 +21,9 @@ namespace invariantd::expr_internal {
 // Parses `tokens` (from Lex, ending with kEnd). Never returns null: parts
 // that could not be parsed are kError nodes, and errors are appended to
 // `errors`.
-AstPtr Parse(const std::vector<Token>& tokens, std::vector<ExprError>* errors);
+// Nesting deeper than `max_depth` (at most kMaxExprDepthLimit) stops it.
+AstPtr Parse(const std::vector<Token>& tokens, std::vector<ExprError>* errors,
+             int max_depth = kMaxExprDepth);
 
 }  // namespace invariantd::expr_internal
 

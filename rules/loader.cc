@@ -92,6 +92,7 @@ struct Source {
 
 class RuleLoader {
  public:
+  explicit RuleLoader(const LoadLimits& limits) : limits_(limits) {}
   LoadResult Load(
       const std::vector<std::pair<std::string, std::string>>& documents) {
     set_ = std::unique_ptr<RuleSet>(new RuleSet());
@@ -324,12 +325,12 @@ class RuleLoader {
     src_ = &source_;
     rule_name_.clear();
     set_->files_.push_back(name);
-    if (text.size() > kMaxRuleFileBytes) {
-      diags_.push_back(
-          Diagnostic{name, 0, 0, "",
-                     absl::StrCat("rule file is ", text.size(),
-                                  " bytes; the limit is ", kMaxRuleFileBytes),
-                     ""});
+    if (text.size() > limits_.max_file_bytes) {
+      diags_.push_back(Diagnostic{
+          name, 0, 0, "",
+          absl::StrCat("rule file is ", text.size(), " bytes; the limit is ",
+                       limits_.max_file_bytes),
+          ""});
       return;
     }
     // YAML allows printable characters, tab and line breaks only: others
@@ -460,7 +461,8 @@ class RuleLoader {
       return nullptr;
     }
     std::vector<ExprError> errors;
-    std::unique_ptr<Expr> e = CompileExpr(n.Scalar(), &set_->fields_, &errors);
+    std::unique_ptr<Expr> e =
+        CompileExpr(n.Scalar(), &set_->fields_, &errors, limits_.expression);
     for (const ExprError& err : errors) {
       ErrorAt(MarkInside(n, err.offset), err.message);
     }
@@ -777,6 +779,7 @@ class RuleLoader {
     set_->digest_ = digest.Finish();
   }
 
+  const LoadLimits limits_;
   std::unique_ptr<RuleSet> set_;
   std::vector<Diagnostic> diags_;
   Source source_;  // the document being loaded
@@ -785,24 +788,26 @@ class RuleLoader {
   StringSet names_;
 };
 
-LoadResult LoadRuleText(std::string_view text, std::string_view name) {
-  RuleLoader loader;
+LoadResult LoadRuleText(std::string_view text, std::string_view name,
+                        const LoadLimits& limits) {
+  RuleLoader loader(limits);
   return loader.Load({{std::string(name), std::string(text)}});
 }
 
-LoadResult LoadRuleFiles(const std::vector<std::string>& paths) {
+LoadResult LoadRuleFiles(const std::vector<std::string>& paths,
+                         const LoadLimits& limits) {
   namespace fs = std::filesystem;
   std::vector<std::pair<std::string, std::string>> docs;
   std::vector<Diagnostic> io_errors;
   auto read = [&](const std::string& path) {
     std::error_code ec;
     const auto size = fs::file_size(path, ec);
-    if (!ec && size > kMaxRuleFileBytes) {
-      io_errors.push_back(
-          Diagnostic{path, 0, 0, "",
-                     absl::StrCat("rule file is ", size,
-                                  " bytes; the limit is ", kMaxRuleFileBytes),
-                     ""});
+    if (!ec && size > limits.max_file_bytes) {
+      io_errors.push_back(Diagnostic{
+          path, 0, 0, "",
+          absl::StrCat("rule file is ", size, " bytes; the limit is ",
+                       limits.max_file_bytes),
+          ""});
       return;
     }
     std::ifstream in(path, std::ios::binary);
@@ -838,7 +843,7 @@ LoadResult LoadRuleFiles(const std::vector<std::string>& paths) {
       io_errors.push_back(Diagnostic{p, 0, 0, "", "no such file", ""});
     }
   }
-  RuleLoader loader;
+  RuleLoader loader(limits);
   LoadResult r = loader.Load(docs);
   if (!io_errors.empty()) {
     io_errors.insert(io_errors.end(), r.diagnostics.begin(),

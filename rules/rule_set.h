@@ -113,12 +113,21 @@ struct LoadResult {
   bool ok() const { return rules != nullptr; }
 };
 
+// Limits on rule files (config `rule_limits`, docs/configuration.md); a
+// file or expression over them is a diagnostic like any other error.
+struct LoadLimits {
+  size_t max_file_bytes = kMaxRuleFileBytes;
+  ExprLimits expression;
+};
+
 // Loads rule files and directories (every *.yaml / *.yml inside, sorted by
 // name, not recursive into hidden directories).
-LoadResult LoadRuleFiles(const std::vector<std::string>& paths);
+LoadResult LoadRuleFiles(const std::vector<std::string>& paths,
+                         const LoadLimits& limits = {});
 
 // Loads one rule document given as text; `name` is used in diagnostics.
-LoadResult LoadRuleText(std::string_view text, std::string_view name);
+LoadResult LoadRuleText(std::string_view text, std::string_view name,
+                        const LoadLimits& limits = {});
 
 }  // namespace invariantd
 

@@ -59,6 +59,7 @@ struct App::Services {
   std::atomic<bool> data_dir_ok{true};
   std::atomic<bool> kafka_ok{true};
   std::shared_ptr<MemoryBudget> state_budget;  // null: none configured
+  std::unique_ptr<Redactor> redactor;          // null: no `redact` rules
   // Previous totals, to turn cumulative stats into counter increments.
   std::map<std::string, uint64_t> last;
   uint64_t Delta(const std::string& name, uint64_t total) {
@@ -226,7 +227,7 @@ absl::Status App::Start() {
   if (absl::Status st = ValidateRunConfig(config_); !st.ok()) return st;
 
   // Rules.
-  LoadResult loaded = LoadRuleFiles(config_.rules);
+  LoadResult loaded = LoadRuleFiles(config_.rules, config_.rule_limits);
   if (!loaded.ok()) {
     std::vector<std::string> lines;
     for (const Diagnostic& d : loaded.diagnostics) {
@@ -366,6 +367,13 @@ absl::Status App::Start() {
     s_->state_budget = std::make_shared<MemoryBudget>(config_.state_max_bytes);
     popts.engine.budget = s_->state_budget;
   }
+  if (!config_.redact.empty()) {
+    auto redactor = Redactor::Create(config_.redact);
+    if (!redactor.ok()) return redactor.status();
+    s_->redactor = *std::move(redactor);
+    s_->metrics->SetLabelRedaction(
+        [r = s_->redactor.get()](std::string* text) { r->Apply(text); });
+  }
   Metrics* metrics = s_->metrics.get();
   popts.on_eval_latency = [metrics](double s) { metrics->RuleEvalLatency(s); };
   popts.engine.on_gauge = [metrics](std::string_view rule, std::string_view key,
@@ -399,7 +407,14 @@ absl::Status App::Start() {
     };
   }
   auto pipeline =
-      Pipeline::Create(s_->rules, popts, [s, to_stdout](const Violation& v) {
+      Pipeline::Create(s_->rules, popts, [s, to_stdout](const Violation& raw) {
+        // Redaction first: nothing below sees what it removes.
+        std::optional<Violation> redacted;
+        if (s->redactor) {
+          redacted = raw;
+          s->redactor->Apply(&*redacted);
+        }
+        const Violation& v = redacted.has_value() ? *redacted : raw;
         if (s->evidence) {
           const int64_t now_ms = absl::ToUnixMillis(absl::Now());
           s->evidence->Submit(
@@ -739,7 +754,7 @@ std::string App::RulesFingerprint() const {
 bool App::Reload(std::string_view why) {
   std::lock_guard<std::mutex> guard(reload_mu_);
   rules_fingerprint_ = RulesFingerprint();
-  LoadResult loaded = LoadRuleFiles(config_.rules);
+  LoadResult loaded = LoadRuleFiles(config_.rules, config_.rule_limits);
   if (!loaded.ok()) {
     for (const Diagnostic& d : loaded.diagnostics) {
       Log(LogLevel::kError, "rule reload: invalid rule file",
@@ -816,6 +831,11 @@ void App::Housekeeping() {
                   r.table.budget_refusals);
       m.RuleSkipped(r.name, "missing_field", r.counters.skipped_missing);
       m.RuleSkipped(r.name, "type_error", r.counters.skipped_type);
+    }
+    if (s_->redactor) {
+      for (const auto& [name, n] : s_->redactor->Counts()) {
+        m.Redactions(name, n);
+      }
     }
     if (s_->state_budget) {
       m.StateBudget(static_cast<double>(s_->state_budget->limit()),
@@ -946,7 +966,7 @@ int CheckRunConfig(const RunConfig& config, std::ostream& out,
   }
   LoadResult loaded;
   if (!config.rules.empty()) {
-    loaded = LoadRuleFiles(config.rules);
+    loaded = LoadRuleFiles(config.rules, config.rule_limits);
     for (const Diagnostic& d : loaded.diagnostics) {
       errors.push_back(FormatDiagnostic(d));
     }

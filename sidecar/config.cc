@@ -130,6 +130,35 @@ class Reader {
     };
   }
 
+  // `redact`: a list of {name, pattern, replacement}; each rule is checked
+  // as the Redactor will build it, errors at the rule's position.
+  Handler RedactRules(std::vector<RedactRule>* out) {
+    return [this, out](const YAML::Node& n) {
+      if (!n.IsSequence()) return Error(n, "expected a list of rules");
+      out->clear();
+      for (const YAML::Node& e : n) {
+        RedactRule rule;
+        const size_t before = errors_.size();
+        Map(e, "a redact rule",
+            {{"name", String(&rule.name)},
+             {"pattern", String(&rule.pattern)},
+             {"replacement", String(&rule.replacement)}});
+        if (errors_.size() != before) continue;
+        if (rule.name.empty() || rule.pattern.empty()) {
+          Error(e, "a redact rule needs a name and a pattern");
+          continue;
+        }
+        std::vector<RedactRule> all = *out;
+        all.push_back(rule);
+        if (auto r = Redactor::Create(all); !r.ok()) {
+          Error(e, std::string(r.status().message()));
+          continue;
+        }
+        out->push_back(std::move(rule));
+      }
+    };
+  }
+
   const std::vector<std::string>& errors() const { return errors_; }
 
  private:
@@ -174,6 +203,18 @@ absl::Status LoadRunConfig(const std::string& path, RunConfig* c) {
                {"max_fields", r.Int(&c->max_fields, 1, 1 << 24)},
                {"max_string_bytes", r.Int(&c->max_string_bytes, 16, 1LL << 30)},
                {"dedupe_window", r.Int(&c->dedupe_window, 0, 1 << 24)}});
+        }},
+       {"redact", r.RedactRules(&c->redact)},
+       {"rule_limits",
+        [&](const YAML::Node& n) {
+          r.Map(n, "rule_limits",
+                {{"max_file_bytes",
+                  r.Int(&c->rule_limits.max_file_bytes, 1024, 1LL << 30)},
+                 {"max_expression_bytes",
+                  r.Int(&c->rule_limits.expression.max_bytes, 16, 1 << 20)},
+                 {"max_expression_depth",
+                  r.Int(&c->rule_limits.expression.max_depth, 1,
+                        kMaxExprDepthLimit)}});
         }},
        {"metrics",
         [&](const YAML::Node& n) {

@@ -13,6 +13,8 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "rules/rule_set.h"
+#include "sidecar/redactor.h"
 
 namespace invariantd {
 
@@ -74,6 +76,10 @@ struct RunConfig {
   int alert_backoff_max_ms = 300000;
   int alert_max_batch = 500;
   int alert_max_labels = 32;
+  // Limits on rule files and their expressions.
+  LoadLimits rule_limits;
+  // Redaction rules for what violations carry out (sidecar/redactor.h).
+  std::vector<RedactRule> redact;
   // Series of invariantd_protocol_state (export_gauge rules); more are
   // dropped and counted.
   size_t metrics_max_protocol_series = 1000;

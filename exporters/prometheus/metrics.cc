@@ -87,6 +87,10 @@ struct Metrics::Impl {
                 .Help("Keys a rule evicted or refused at its key limit "
                       "(lost coverage).")
                 .Register(*registry)),
+        redactions(prometheus::BuildCounter()
+                       .Name("invariantd_redactions_total")
+                       .Help("Matches replaced by a redaction rule.")
+                       .Register(*registry)),
         rule_state_bytes(prometheus::BuildGauge()
                              .Name("invariantd_rule_state_bytes")
                              .Help("Memory held by a rule's state.")
@@ -252,6 +256,7 @@ struct Metrics::Impl {
   Histogram& rule_eval;
   Family<Gauge>& rule_keys;
   Family<Counter>& rule_overflow;
+  Family<Counter>& redactions;
   Family<Gauge>& rule_state_bytes;
   Family<Counter>& rule_budget_refusals;
   Gauge& state_budget;
@@ -303,6 +308,7 @@ struct Metrics::Impl {
           .Add({});
 
   std::mutex mu;
+  std::function<void(std::string*)> redact;        // guarded by mu
   std::map<const Counter*, uint64_t> last_totals;  // guarded by mu
   // (sanitized name, sanitized key) -> series; guarded by mu.
   std::map<std::pair<std::string, std::string>, Gauge*> protocol_series;
@@ -487,11 +493,25 @@ void Metrics::ProtocolState(std::string_view name, std::string_view key,
       impl_->protocol_dropped.Increment();
       return;
     }
-    Gauge& g =
-        impl_->protocol_state.Add({{"name", id.first}, {"key", id.second}});
+    std::string label = id.second;
+    if (impl_->redact) {
+      std::string raw(key);
+      impl_->redact(&raw);
+      label = Label(raw, kMaxProtocolKeyBytes);
+    }
+    Gauge& g = impl_->protocol_state.Add({{"name", id.first}, {"key", label}});
     it = impl_->protocol_series.emplace(std::move(id), &g).first;
   }
   it->second->Set(value);
+}
+
+void Metrics::SetLabelRedaction(std::function<void(std::string*)> redact) {
+  std::lock_guard<std::mutex> l(impl_->mu);
+  impl_->redact = std::move(redact);
+}
+
+void Metrics::Redactions(std::string_view rule, uint64_t total) {
+  impl_->SetTotal(impl_->redactions, {{"rule", Label(rule)}}, total);
 }
 
 size_t Metrics::protocol_series() const {

@@ -28,6 +28,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -81,6 +82,11 @@ class Metrics {
   // the state memory budget was spent (each also counted in
   // rule_overflow_total as evicted or rejected); `refusals_total` cumulative.
   void RuleState(std::string_view rule, double bytes, uint64_t refusals_total);
+  // Redaction of the key labels of new protocol-state series (config
+  // `redact`); the function edits the raw key in place.
+  void SetLabelRedaction(std::function<void(std::string*)> redact);
+  // invariantd_redactions_total{rule}: cumulative replacements.
+  void Redactions(std::string_view rule, uint64_t total);
   // invariantd_state_budget_bytes and invariantd_state_budget_used_bytes:
   // the memory budget of all rules' state and what is charged to it.
   void StateBudget(double limit, double used);

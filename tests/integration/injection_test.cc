@@ -186,5 +186,72 @@ TEST_F(InjectionTest, NoOutputCarriesRawControlsAndEvidenceKeepsTheBytes) {
   EXPECT_EQ(Lines(text), 2u) << text;
 }
 
+// Redaction rules (config `redact`): a secret in an event reaches no output
+// -- stdout, the evidence (API and CLI), metric labels -- and each
+// replacement is counted.
+TEST_F(InjectionTest, RedactionRulesKeepSecretsOutOfEveryOutput) {
+  const fs::path rules = dir_ / "rules.yaml";
+  std::ofstream(rules) << R"(rules:
+  - name: term
+    kind: monotonic
+    key: [node]
+    field: term
+    export_gauge: true
+)";
+  const fs::path config = dir_ / "config.yaml";
+  std::ofstream(config) << R"(redact:
+  - name: token
+    pattern: 'tok-[0-9a-f]{8}'
+)";
+  {
+    std::ofstream log(dir_ / "logs" / "a.ndjson");
+    log << "{\"node\":\"n1 "
+           "tok-deadbeef\",\"term\":5,\"auth\":\"tok-0badf00d\"}\n";
+    log << "{\"node\":\"n1 "
+           "tok-deadbeef\",\"term\":3,\"auth\":\"tok-0badf00d\"}\n";
+  }
+  const std::string data = (dir_ / "data").string();
+  Child c({INVARIANTD_BINARY, "run", "--config", config.string(), "--rules",
+           rules.string(), "--tail", (dir_ / "logs" / "*.ndjson").string(),
+           "--listen", "127.0.0.1:0", "--data-dir", data});
+  static const LazyRE2 kPort = {R"re("port":"(\d+)")re"};
+  ASSERT_TRUE(c.WaitFor([&] {
+    return RE2::PartialMatch(c.err(), *kPort, &port_);
+  })) << c.err();
+  ASSERT_TRUE(c.WaitFor([&] { return Lines(c.out()) >= 1; })) << c.err();
+  std::string metrics;
+  ASSERT_TRUE(c.WaitFor([&] {
+    metrics.clear();
+    Shell(absl::StrCat("curl -sf ", Url("/metrics")), &metrics);
+    return metrics.find("invariantd_redactions_total{rule=\"token\"}") !=
+           std::string::npos;
+  })) << metrics;
+  std::string violations;
+  ASSERT_EQ(
+      Shell(absl::StrCat("curl -sf ", Url("/v1/violations")), &violations), 0);
+  c.Signal(SIGTERM);
+  ASSERT_EQ(c.Wait(), 0) << c.err();
+  std::string text;
+  ASSERT_EQ(
+      Shell(absl::StrCat(INVARIANTD_BINARY,
+                         " evidence query --format jsonl --data-dir ", data),
+            &text),
+      0)
+      << text;
+  for (const std::string& out : {c.out(), c.err(), metrics, violations, text}) {
+    EXPECT_EQ(out.find("deadbeef"), std::string::npos) << out;
+    EXPECT_EQ(out.find("0badf00d"), std::string::npos) << out;
+  }
+  EXPECT_THAT(c.out(), ::testing::HasSubstr("n1 [REDACTED:token]"));
+  EXPECT_THAT(text, ::testing::HasSubstr("\\\"auth\\\":\\\"[REDACTED:token]"));
+  EXPECT_THAT(metrics, ::testing::HasSubstr("key=\"n1 [REDACTED:token]\""));
+  // Violation: key, witness (node and auth): 3 replacements at least; the
+  // gauge label: 1.
+  double n = 0;
+  ASSERT_TRUE(RE2::PartialMatch(
+      metrics, R"(invariantd_redactions_total\{rule="token"\} (\d+))", &n));
+  EXPECT_GE(n, 4);
+}
+
 }  // namespace
 }  // namespace invariantd

@@ -1,6 +1,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "rules/rule_set.h"
@@ -333,6 +334,42 @@ TEST(LoaderRobustnessTest, TransitionWithoutGraphIsLocatedAtTheRule) {
   ASSERT_FALSE(r.ok());
   EXPECT_THAT(r.diagnostics,
               ::testing::Contains(DiagAt(2, 5, "needs 'transitions'")));
+}
+
+// Configurable limits (config `rule_limits`): over them, a diagnostic at the
+// place; at them, the rule loads.
+TEST(LoaderLimitsTest, FileSizeExpressionLengthAndDepth) {
+  const std::string text = R"yaml(rules:
+  - name: a
+    kind: always
+    key: [k]
+    always: '((x)) > 1'
+)yaml";
+  LoadLimits limits;
+  EXPECT_TRUE(LoadRuleText(text, "r.yaml", limits).ok());
+  limits.max_file_bytes = text.size() - 1;
+  LoadResult r = LoadRuleText(text, "r.yaml", limits);
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(
+      r.diagnostics[0].message,
+      HasSubstr(absl::StrCat("rule file is ", text.size(),
+                             " bytes; the limit is ", text.size() - 1)));
+  limits = LoadLimits();
+  limits.expression.max_bytes = 8;
+  r = LoadRuleText(text, "r.yaml", limits);
+  ASSERT_FALSE(r.ok());
+  ASSERT_EQ(r.diagnostics.size(), 1u);
+  EXPECT_EQ(r.diagnostics[0].line, 5) << FormatDiagnostic(r.diagnostics[0]);
+  EXPECT_THAT(r.diagnostics[0].message,
+              HasSubstr("expression is 9 bytes long; the limit is 8 bytes"));
+  limits = LoadLimits();
+  limits.expression.max_depth = 2;
+  r = LoadRuleText(text, "r.yaml", limits);
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.diagnostics[0].message,
+              HasSubstr("nests more than 2 levels deep"));
+  limits.expression.max_depth = 3;
+  EXPECT_TRUE(LoadRuleText(text, "r.yaml", limits).ok());
 }
 
 }  // namespace

@@ -33,6 +33,8 @@ stdout: false
 input: {format: logfmt, max_line_bytes: 4096, dedupe_window: 10,
         max_depth: 8, max_fields: 100, max_string_bytes: 1000}
 state: {max_bytes: 0}
+rule_limits: {max_file_bytes: 65536, max_expression_bytes: 512,
+              max_expression_depth: 16}
 tail: {paths: ["/var/log/app/*.log"], poll_interval_ms: 50}
 http: {ingest: false, auth_token_file: /etc/token, max_events: 5}
 kafka: {brokers: "k:9092", topics: [raft], group: g, config: {client.id: x}}
@@ -50,6 +52,9 @@ kafka: {brokers: "k:9092", topics: [raft], group: g, config: {client.id: x}}
   EXPECT_EQ(c.max_fields, 100u);
   EXPECT_EQ(c.max_string_bytes, 1000u);
   EXPECT_EQ(c.state_max_bytes, 0u);
+  EXPECT_EQ(c.rule_limits.max_file_bytes, 65536u);
+  EXPECT_EQ(c.rule_limits.expression.max_bytes, 512u);
+  EXPECT_EQ(c.rule_limits.expression.max_depth, 16);
   EXPECT_EQ(RunConfig().state_max_bytes, uint64_t{1} << 30);  // the default
   EXPECT_EQ(c.tail[0], "/var/log/app/*.log");
   EXPECT_EQ(c.tail_poll_interval_ms, 50);
@@ -72,6 +77,28 @@ TEST(ConfigTest, AllProblemsAreReportedWithLocations) {
   EXPECT_THAT(msg, HasSubstr(path + ":2:1: unknown key 'workerz'"));
   EXPECT_THAT(msg, HasSubstr(path + ":3:10: expected an integer from 1 to 64"));
   EXPECT_THAT(msg, HasSubstr(path + ":4:8: unknown key 'pathz' in tail"));
+}
+
+TEST(ConfigTest, RedactRulesAreCheckedWhereTheyAreWritten) {
+  const std::string ok = WriteTemp(R"yaml(
+redact:
+  - {name: bearer, pattern: '(?i)bearer \S+'}
+  - {name: email, pattern: '[a-z]+@[a-z.]+', replacement: '<email>'}
+)yaml");
+  RunConfig c;
+  ASSERT_TRUE(LoadRunConfig(ok, &c).ok());
+  unlink(ok.c_str());
+  ASSERT_EQ(c.redact.size(), 2u);
+  EXPECT_EQ(c.redact[1].replacement, "<email>");
+  const std::string bad = WriteTemp(
+      "redact:\n  - {name: a, pattern: '('}\n  - {name: a, pattern: x}\n"
+      "  - {name: b}\n  - {name: c, pattern: x, colour: red}\n");
+  const absl::Status st = LoadRunConfig(bad, &c);
+  unlink(bad.c_str());
+  const std::string msg(st.message());
+  EXPECT_THAT(msg, HasSubstr(bad + ":2:5: redact rule 'a': invalid RE2"));
+  EXPECT_THAT(msg, HasSubstr(bad + ":4:5: a redact rule needs a name"));
+  EXPECT_THAT(msg, HasSubstr(bad + ":5:27: unknown key 'colour'"));
 }
 
 TEST(ConfigTest, CrossFieldValidation) {
