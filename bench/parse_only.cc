@@ -13,10 +13,12 @@
 //   fastest simdjson parses NDJSON; a floor below invariantd's framing.
 //
 // Prints `RESULT impl=I lines=N bytes=B errors=E checksum=C`: I is the
-// simdjson kernel On-Demand was compiled for (On-Demand picks it at compile
-// time: `fallback` unless the target flags allow AVX2, as in invariantd's
-// own build; the parse_only_avx2 target is built with -march=haswell), and
-// the checksum keeps the compiler from dropping the extraction.
+// kernel this file's On-Demand walk was compiled for. simdjson dispatches
+// stage 1 (the SIMD scan for structure) at run time whatever the build
+// flags, but compiles the On-Demand walk for the build's target: the
+// portable `fallback` in invariantd's build (no -march), `haswell` in the
+// parse_only_avx2 target. The checksum keeps the compiler from dropping the
+// extraction.
 #include <fcntl.h>
 #include <simdjson.h>
 #include <unistd.h>
