@@ -26,13 +26,7 @@
 #include "re2/re2.h"
 #include "tests/integration/child_process.h"
 
-#if defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define INVARIANTD_ASAN 1
-#endif
-#endif
-
-#if !defined(__SANITIZE_ADDRESS__) && !defined(INVARIANTD_ASAN)
+#if !defined(INVARIANTD_ASAN)
 namespace invariantd {
 namespace {
 
@@ -50,22 +44,10 @@ uint64_t PeakRssKiB(pid_t pid) {
   return 0;
 }
 
-// Sums the samples of `name` whose labels contain `labels` (a substring,
-// e.g. `rule="term"`) in a Prometheus text exposition.
-double Sample(const std::string& metrics, const std::string& name,
-              const std::string& labels = "") {
-  double sum = 0;
-  for (absl::string_view line : absl::StrSplit(metrics, '\n')) {
-    if (!absl::StartsWith(line, name)) continue;
-    const absl::string_view rest = line.substr(name.size());
-    if (!rest.empty() && rest[0] != '{' && rest[0] != ' ') continue;
-    if (!labels.empty() && rest.find(labels) == absl::string_view::npos) {
-      continue;
-    }
-    double v = 0;
-    if (absl::SimpleAtod(line.substr(line.rfind(' ') + 1), &v)) sum += v;
-  }
-  return sum;
+// The sum of the samples of `name` with every one of `labels`, 0 if none.
+double Sample(const std::string& metrics, absl::string_view name,
+              std::initializer_list<std::string> labels = {}) {
+  return MetricSum(metrics, name, labels).value_or(0);
 }
 
 size_t Series(const std::string& metrics) {
@@ -125,10 +107,7 @@ TEST_F(CardinalityTest, MillionsOfKeysStayInTheBudgetAndAreCountedExactly) {
            (dir_ / "rules.yaml").string(), "--tail",
            (dir_ / "logs" / "*.ndjson").string(), "--listen", "127.0.0.1:0",
            "--data-dir", (dir_ / "data").string(), "--no-stdout"});
-  static const LazyRE2 kPort = {R"re("port":"(\d+)")re"};
-  ASSERT_TRUE(c.WaitFor([&] {
-    return RE2::PartialMatch(c.err(), *kPort, &port_);
-  })) << c.err();
+  ASSERT_TRUE(c.WaitForPort(&port_)) << c.err();
   ASSERT_TRUE(c.WaitFor([&] { return Get("/readyz").find("ready:") == 0; }));
   const uint64_t baseline_kib = PeakRssKiB(c.pid());
   ASSERT_GT(baseline_kib, 0u);
@@ -189,8 +168,8 @@ TEST_F(CardinalityTest, MillionsOfKeysStayInTheBudgetAndAreCountedExactly) {
   // count of the last key.
   auto accounted = [&](const std::string& rule) {
     const std::string l = absl::StrCat("rule=\"", rule, "\"");
-    return Sample(metrics, "invariantd_rule_keys", l) +
-           Sample(metrics, "invariantd_rule_overflow_total", l);
+    return Sample(metrics, "invariantd_rule_keys", {l}) +
+           Sample(metrics, "invariantd_rule_overflow_total", {l});
   };
   c.WaitFor([&] {
     metrics = Get("/metrics");
@@ -205,13 +184,13 @@ TEST_F(CardinalityTest, MillionsOfKeysStayInTheBudgetAndAreCountedExactly) {
   for (const std::string rule : {"term", "commit"}) {
     SCOPED_TRACE(rule);
     const std::string l = absl::StrCat("rule=\"", rule, "\"");
-    const double keys = Sample(metrics, "invariantd_rule_keys", l);
+    const double keys = Sample(metrics, "invariantd_rule_keys", {l});
     const double evicted = Sample(metrics, "invariantd_rule_overflow_total",
-                                  absl::StrCat("policy=\"evicted\",", l));
+                                  {"policy=\"evicted\"", l});
     const double rejected = Sample(metrics, "invariantd_rule_overflow_total",
-                                   absl::StrCat("policy=\"rejected\",", l));
+                                   {"policy=\"rejected\"", l});
     const double refusals =
-        Sample(metrics, "invariantd_rule_budget_refusals_total", l);
+        Sample(metrics, "invariantd_rule_budget_refusals_total", {l});
     EXPECT_EQ(keys + evicted + rejected, static_cast<double>(total));
     EXPECT_GT(keys, 100'000);
     EXPECT_GT(refusals, 0);
@@ -219,7 +198,7 @@ TEST_F(CardinalityTest, MillionsOfKeysStayInTheBudgetAndAreCountedExactly) {
     EXPECT_THAT(ready, HasSubstr(absl::StrCat(rule, " (evicted ")));
   }
   EXPECT_EQ(Sample(metrics, "invariantd_rule_overflow_total",
-                   "policy=\"evicted\",rule=\"term\""),
+                   {"policy=\"evicted\"", "rule=\"term\""}),
             0);
   // The budget held.
   EXPECT_EQ(Sample(metrics, "invariantd_state_budget_bytes"),

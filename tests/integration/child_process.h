@@ -15,13 +15,30 @@
 #include <chrono>
 #include <cstdio>
 #include <functional>
+#include <initializer_list>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/string_view.h"
 #include "gtest/gtest.h"
+#include "re2/re2.h"
+
+// INVARIANTD_ASAN: built with AddressSanitizer (GCC or clang), where RSS
+// says nothing about the program's own memory.
+#if defined(__SANITIZE_ADDRESS__)
+#define INVARIANTD_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define INVARIANTD_ASAN 1
+#endif
+#endif
 
 extern char** environ;
 
@@ -80,6 +97,13 @@ class Child {
     }
     return pred();
   }
+  // Waits for the daemon's "listening" log line and reads the port it
+  // picked (--listen 127.0.0.1:0).
+  bool WaitForPort(int* port, int seconds = 30) {
+    static const LazyRE2 kPort = {R"re("port":"(\d+)")re"};
+    return WaitFor([&] { return RE2::PartialMatch(err(), *kPort, port); },
+                   seconds);
+  }
   int Signal(int sig) { return kill(pid_, sig); }
   pid_t pid() const { return pid_; }
   int Wait() {
@@ -115,6 +139,31 @@ inline std::string Src(const std::string& p) {
 // The number of lines (newlines) in `s`.
 inline size_t Lines(const std::string& s) {
   return std::count(s.begin(), s.end(), '\n');
+}
+
+// The sum of the samples of `name` in a Prometheus text exposition whose
+// label text contains every one of `labels` (each `k="v"`), or nullopt when
+// there is no such sample.
+inline std::optional<double> MetricSum(
+    const std::string& exposition, absl::string_view name,
+    std::initializer_list<std::string> labels = {}) {
+  std::optional<double> sum;
+  for (absl::string_view line : absl::StrSplit(exposition, '\n')) {
+    if (!absl::StartsWith(line, name)) continue;
+    const absl::string_view rest = line.substr(name.size());
+    if (rest.empty() || (rest[0] != '{' && rest[0] != ' ')) continue;
+    const size_t end = rest[0] == '{' ? rest.rfind('}') : 0;
+    if (end == absl::string_view::npos) continue;
+    bool all = true;
+    for (const std::string& l : labels) {
+      all = all && rest.substr(0, end).find(l) != absl::string_view::npos;
+    }
+    double value = 0;
+    if (all && absl::SimpleAtod(rest.substr(end + 1), &value)) {
+      sum = sum.value_or(0) + value;
+    }
+  }
+  return sum;
 }
 
 // Runs a shell command; returns its exit status and output.

@@ -48,10 +48,7 @@ class EvidenceRunTest : public ::testing::Test {
         INVARIANTD_BINARY, "run", "--rules", Src("rules/packs/etcd-raft.yaml"),
         "--tail", (dir_ / "logs" / "*.ndjson").string(), "--listen",
         "127.0.0.1:0", "--data-dir", Data()});
-    static const LazyRE2 kPort = {R"re("port":"(\d+)")re"};
-    EXPECT_TRUE(c->WaitFor([&] {
-      return RE2::PartialMatch(c->err(), *kPort, &port_);
-    })) << c->err();
+    EXPECT_TRUE(c->WaitForPort(&port_)) << c->err();
     return c;
   }
   std::string Data() const { return (dir_ / "data").string(); }

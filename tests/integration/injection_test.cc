@@ -107,10 +107,7 @@ TEST_F(InjectionTest, NoOutputCarriesRawControlsAndEvidenceKeepsTheBytes) {
   Child c({INVARIANTD_BINARY, "run", "--rules", rules.string(), "--tail",
            (dir_ / "logs" / "*.ndjson").string(), "--listen", "127.0.0.1:0",
            "--data-dir", data});
-  static const LazyRE2 kPort = {R"re("port":"(\d+)")re"};
-  ASSERT_TRUE(c.WaitFor([&] {
-    return RE2::PartialMatch(c.err(), *kPort, &port_);
-  })) << c.err();
+  ASSERT_TRUE(c.WaitForPort(&port_)) << c.err();
   // Two violations: the regression (5 -> 3) and term 100.
   ASSERT_TRUE(c.WaitFor([&] { return Lines(c.out()) >= 2; })) << c.err();
   std::string metrics;
@@ -214,10 +211,7 @@ TEST_F(InjectionTest, RedactionRulesKeepSecretsOutOfEveryOutput) {
   Child c({INVARIANTD_BINARY, "run", "--config", config.string(), "--rules",
            rules.string(), "--tail", (dir_ / "logs" / "*.ndjson").string(),
            "--listen", "127.0.0.1:0", "--data-dir", data});
-  static const LazyRE2 kPort = {R"re("port":"(\d+)")re"};
-  ASSERT_TRUE(c.WaitFor([&] {
-    return RE2::PartialMatch(c.err(), *kPort, &port_);
-  })) << c.err();
+  ASSERT_TRUE(c.WaitForPort(&port_)) << c.err();
   ASSERT_TRUE(c.WaitFor([&] { return Lines(c.out()) >= 1; })) << c.err();
   std::string metrics;
   ASSERT_TRUE(c.WaitFor([&] {

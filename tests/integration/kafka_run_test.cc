@@ -113,26 +113,6 @@ void ProduceLines(const std::string& bootstraps, const std::string& topic,
   }
 }
 
-// The value of the sample `name{...}` whose labels include every one of
-// `labels` (each `k="v"`), if the exposition has it.
-std::optional<double> MetricValue(const std::string& exposition,
-                                  absl::string_view name,
-                                  std::initializer_list<std::string> labels) {
-  for (absl::string_view line : absl::StrSplit(exposition, '\n')) {
-    if (!absl::StartsWith(line, absl::StrCat(name, "{"))) continue;
-    const size_t close = line.rfind('}');
-    if (close == absl::string_view::npos) continue;
-    const absl::string_view label_text = line.substr(0, close);
-    bool all = true;
-    for (const std::string& l : labels) {
-      all = all && label_text.find(l) != absl::string_view::npos;
-    }
-    double value = 0;
-    if (all && absl::SimpleAtod(line.substr(close + 1), &value)) return value;
-  }
-  return std::nullopt;
-}
-
 // A violation as the test identifies it.
 using Found = std::tuple<std::string, std::string, int64_t>;  // rule, source,
                                                               // offset
@@ -214,13 +194,9 @@ class KafkaRunTest : public ::testing::Test {
         "--data-dir", (dir_ / "data").string(), "--kafka-brokers",
         cluster_->bootstraps(), "--kafka-topic", topic_, "--kafka-group",
         group_});
-    static const LazyRE2 kPort = {R"re("port":"(\d+)")re"};
     Child* child = c->get();
     port_ = 0;
-    ASSERT_TRUE(child->WaitFor(
-        [&] { return RE2::PartialMatch(child->err(), *kPort, &port_); },
-        kDeadlineSeconds))
-        << child->err();
+    ASSERT_TRUE(child->WaitForPort(&port_, kDeadlineSeconds)) << child->err();
   }
 
   void Produce(size_t from, size_t to) {
@@ -234,12 +210,12 @@ class KafkaRunTest : public ::testing::Test {
     return m;
   }
   std::optional<double> KafkaEvents(const std::string& metrics) const {
-    return MetricValue(
+    return MetricSum(
         metrics, "invariantd_source_events_total",
         {"kind=\"kafka\"", absl::StrCat("source=\"", group_, "\"")});
   }
   std::optional<double> KafkaLag(const std::string& metrics) const {
-    return MetricValue(
+    return MetricSum(
         metrics, "invariantd_kafka_consumer_lag_messages",
         {absl::StrCat("source=\"", group_, "\""), "partition=\"all\""});
   }

@@ -66,10 +66,7 @@ class PagingRunTest : public ::testing::Test {
         "--no-stdout"};
     args.insert(args.end(), extra.begin(), extra.end());
     auto c = std::make_unique<Child>(args);
-    static const LazyRE2 kPort = {R"re("port":"(\d+)")re"};
-    EXPECT_TRUE(c->WaitFor([&] {
-      return RE2::PartialMatch(c->err(), *kPort, &port_);
-    })) << c->err();
+    EXPECT_TRUE(c->WaitForPort(&port_)) << c->err();
     return c;
   }
   std::string Url(const std::string& path) const {

@@ -52,10 +52,7 @@ class RunTest : public ::testing::Test {
         "--data-dir",      (dir_ / "data").string()};
     args.insert(args.end(), extra.begin(), extra.end());
     auto c = std::make_unique<Child>(args);
-    static const LazyRE2 kPort = {R"re("port":"(\d+)")re"};
-    EXPECT_TRUE(c->WaitFor([&] {
-      return RE2::PartialMatch(c->err(), *kPort, &port_);
-    })) << c->err();
+    EXPECT_TRUE(c->WaitForPort(&port_)) << c->err();
     return c;
   }
   void Append(size_t from, size_t to) {
@@ -378,9 +375,7 @@ TEST_F(RunTest, ReloadKeepsRunningRulesOnErrorsAndStateWhenUnchanged) {
       "--listen",        "127.0.0.1:0",
       "--data-dir",      (dir_ / "data").string()};
   Child c(args);
-  static const LazyRE2 kPort = {R"re("port":"(\d+)")re"};
-  ASSERT_TRUE(
-      c.WaitFor([&] { return RE2::PartialMatch(c.err(), *kPort, &port_); }));
+  ASSERT_TRUE(c.WaitForPort(&port_));
   Append(0, 100);  // node 1 and 2 state is now known to the rules
   ASSERT_TRUE(c.WaitFor([&] {
     std::string m;
