@@ -446,6 +446,7 @@ struct Common {
   int workers = 2;
   std::string trace;
   std::string work;
+  std::string data_dir;  // default: WORK/data
   std::vector<std::string> daemon_args;
 };
 
@@ -456,7 +457,7 @@ Daemon::Options DaemonOptions(const Common& c, const std::string& tail_dir) {
   o.workers = c.workers;
   o.extra_args = c.daemon_args;
   o.tail_glob = tail_dir + "/*.ndjson";
-  o.data_dir = c.work + "/data";
+  o.data_dir = c.data_dir.empty() ? c.work + "/data" : c.data_dir;
   return o;
 }
 
@@ -465,7 +466,7 @@ std::string FreshDirs(const Common& c) {
   namespace fs = std::filesystem;
   const std::string tail_dir = c.work + "/tail";
   fs::remove_all(tail_dir);
-  fs::remove_all(c.work + "/data");
+  fs::remove_all(c.data_dir.empty() ? c.work + "/data" : c.data_dir);
   fs::create_directories(tail_dir);
   return tail_dir;
 }
@@ -685,8 +686,9 @@ int Latency(const Common& c, double rate, double duration, uint64_t every,
     for (const Fault& fault : faults) {
       const auto it = arrived.find(fault.line);
       std::fprintf(
-          f, "%.6f %.3f\n",
+          f, "%.6f %lld %llu %.3f\n",
           static_cast<double>(fault.intended_ns - start) / 1e9,
+          (long long)fault.intended_ns, (unsigned long long)fault.line,
           it == arrived.end()
               ? -1.0
               : static_cast<double>(it->second - fault.intended_ns) / 1e6);
@@ -720,6 +722,9 @@ void AddCommon(CLI::App* app, Common* c) {
   app->add_option("--trace", c->trace, "Trace file (etcd format)")->required();
   app->add_option("--work", c->work, "Scratch directory (same filesystem)")
       ->required();
+  app->add_option("--data-dir", c->data_dir,
+                  "The daemon's data directory (emptied first; default "
+                  "WORK/data): e.g. on another volume than the tailed files");
   app->add_option("--daemon-arg", c->daemon_args,
                   "Extra argument for `invariantd run` (repeatable), e.g. "
                   "--daemon-arg=--no-evidence");

@@ -25,6 +25,7 @@
 #include "sidecar/commands.h"
 #include "sidecar/core/sanitize.h"
 #include "sidecar/core/strings.h"
+#include "sidecar/core/thread_priority.h"
 #include "sidecar/evidence_query.h"
 #include "sidecar/evidence_writer.h"
 #include "sidecar/http_server.h"
@@ -784,6 +785,7 @@ bool App::Reload(std::string_view why) {
 }
 
 void App::Housekeeping() {
+  LowerThisThreadPriority();  // metrics, positions file, reload checks
   std::unique_lock<std::mutex> l(mu_);
   while (!stop_requested_) {
     cv_.wait_for(l, std::chrono::milliseconds(config_.checkpoint_interval_ms));

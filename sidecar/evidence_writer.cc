@@ -4,6 +4,8 @@
 #include <cstdlib>
 #include <iterator>
 
+#include "sidecar/core/thread_priority.h"
+
 namespace invariantd {
 
 EvidenceWriter::EvidenceWriter(std::unique_ptr<EvidenceStore> store,
@@ -224,6 +226,9 @@ void EvidenceWriter::Run() {
 }
 
 void EvidenceWriter::RunState() {
+  // Off the path of a violation to its commit: lets the evidence writer
+  // and the workers have the cores first (sidecar/core/thread_priority.h).
+  LowerThisThreadPriority();
   std::vector<CheckpointItem> batch;
   std::vector<const StateCheckpoint*> write;
   std::vector<std::function<void()>> ready;

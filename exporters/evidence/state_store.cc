@@ -101,9 +101,14 @@ absl::Status StateStore::Init(bool read_only, bool check_pages) {
   // SQLite's default of 1000 pages would be 64 MiB): each copy then stays
   // small, and so does the burst of writes an fsync elsewhere on the same
   // filesystem may have to wait for.
+  // secure_delete=FAST: Debian's SQLite is built to overwrite deleted
+  // content with zeros, which turned each pruning of old checkpoints into
+  // a write of every freed page (measured: a 54 MiB commit of 250 ms that
+  // held the disk while the evidence store waited to commit a violation).
+  // FAST still clears deleted rows within the pages that remain in use.
   for (const char* sql :
        {"PRAGMA synchronous=FULL", "PRAGMA wal_autocheckpoint=64",
-        "PRAGMA journal_size_limit=16777216"}) {
+        "PRAGMA journal_size_limit=16777216", "PRAGMA secure_delete=FAST"}) {
     if (absl::Status e = Exec(db_, sql); !e.ok()) return e;
   }
   return absl::OkStatus();

@@ -8,6 +8,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "exporters/sqlite.h"
+#include "exporters/wal_checkpointer.h"
 #include "sidecar/core/strings.h"
 
 namespace invariantd {
@@ -15,6 +16,9 @@ namespace {
 
 constexpr int kApplicationId = 0x494e5644;  // "INVD"
 constexpr int kFormatVersion = 1;
+// WAL pages (4 KiB) that start a checkpoint: 2 MiB, half of SQLite's
+// default, so that each copy into the database file stays short.
+constexpr int kCheckpointFrames = 512;
 const std::string kZeroHash(64, '0');
 
 using sqlite_internal::Exec;
@@ -100,7 +104,10 @@ std::string EvidenceHash(const EvidenceRecord& r,
 EvidenceStore::EvidenceStore(sqlite3* db, bool read_only)
     : db_(db), read_only_(read_only), head_hash_(kZeroHash) {}
 
-EvidenceStore::~EvidenceStore() { sqlite3_close_v2(db_); }
+EvidenceStore::~EvidenceStore() {
+  checkpointer_.reset();  // before the connection it hooks
+  sqlite3_close_v2(db_);
+}
 
 absl::StatusOr<std::unique_ptr<EvidenceStore>> EvidenceStore::Open(
     const std::string& path, bool read_only, int busy_timeout_ms,
@@ -113,6 +120,15 @@ absl::StatusOr<std::unique_ptr<EvidenceStore>> EvidenceStore::Open(
   if (absl::Status s = store->Init(); !s.ok()) {
     return absl::Status(
         s.code(), absl::StrCat("evidence store ", path, ": ", s.message()));
+  }
+  if (!read_only) {
+    auto c = WalCheckpointer::Start(store->db_, path, kCheckpointFrames);
+    if (!c.ok()) {
+      return absl::Status(
+          c.status().code(),
+          absl::StrCat("evidence store ", path, ": ", c.status().message()));
+    }
+    store->checkpointer_ = std::move(*c);
   }
   return store;
 }

@@ -44,6 +44,8 @@ struct sqlite3;
 
 namespace invariantd {
 
+class WalCheckpointer;
+
 // One violation as stored. Text fields are stored as given (the raw
 // witness bytes exactly); outputs sanitize what they show.
 struct EvidenceRecord {
@@ -165,6 +167,9 @@ class EvidenceStore {
   absl::Status LoadHead();
 
   sqlite3* db_;
+  // Writable stores: checkpoints the WAL on its own thread, so that no
+  // Append waits for the database file's fsync (wal_checkpointer.h).
+  std::unique_ptr<WalCheckpointer> checkpointer_;
   bool read_only_;
   bool check_ = false;
   std::vector<TxnFn> hooks_;
