@@ -54,10 +54,31 @@ bench_bin() {
 
 bench_loadavg() { cut -d ' ' -f 1-3 /proc/loadavg; }
 
-# One line for the top of every table: when, where, how loaded.
+# Percent of all CPU time that was busy over one second (from /proc/stat).
+# Called between measurements, when nothing of the benchmark runs, so it is
+# the other processes' share. The load average is no measure of that here:
+# its 1-minute figure still counts the previous benchmark step.
+bench_cpu_busy() {
+  local a b
+  a=$(head -n 1 /proc/stat)
+  sleep 1
+  b=$(head -n 1 /proc/stat)
+  awk -v a="$a" -v b="$b" 'BEGIN {
+    n = split(a, x); split(b, y); t = 0
+    for (i = 2; i <= n; i++) t += y[i] - x[i]
+    idle = (y[5] - x[5]) + (y[6] - x[6])  # idle + iowait
+    printf "%d", (t > 0 ? 100 * (t - idle) / t : 0)
+  }'
+}
+
+# One line for the top of every table: when, where, how loaded. A table
+# taken while other processes used 15% or more of the CPUs is marked
+# preliminary.
 bench_stamp() {
-  echo "_$(date -u +%Y-%m-%dT%H:%MZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'), $(nproc) CPUs, load average before: $(bench_loadavg)$(
-    awk '{ if ($1 >= 0.5) print " (machine busy: preliminary)" }' /proc/loadavg)_"
+  local busy
+  busy=$(bench_cpu_busy)
+  echo "_$(date -u +%Y-%m-%dT%H:%MZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'), $(nproc) CPUs, CPU busy in the second before: ${busy}%, load average: $(bench_loadavg)$(
+    ((busy >= 15)) && echo " (machine busy: preliminary)")_"
 }
 
 # bench_time OUTFILE CMD...: runs CMD with stdout to OUTFILE under
