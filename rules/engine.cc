@@ -12,7 +12,7 @@ Engine::Engine(std::shared_ptr<const RuleSet> rules, EngineOptions options)
   }
   counters_.resize(rules_->rules().size());
   scratch_ = NewPrepared();
-  ring_.resize(options_.dedupe_window);
+  window_ = RedeliveryWindow(options_.dedupe_window);
 }
 
 std::unique_ptr<RuleState> Engine::NewState(size_t i) const {
@@ -36,18 +36,7 @@ Hash128 Engine::Identity(const Event& event) {
   return HashBytes(event.raw);
 }
 
-bool Engine::SeenRecently(const Hash128& id) {
-  if (options_.dedupe_window == 0) return false;
-  if (recent_.contains(id)) return true;
-  Hash128& slot = ring_[ring_next_];
-  if (slot != Hash128{}) recent_.erase(slot);
-  slot = id;
-  recent_.insert(id);
-  ++window_inserted_;
-  ring_next_ = (ring_next_ + 1) % ring_.size();
-  recent_.prefetch(ring_[ring_next_]);  // what the next event will evict
-  return false;
-}
+bool Engine::SeenRecently(const Hash128& id) { return window_.SeenOrTake(id); }
 
 PreparedEvent Engine::NewPrepared() const {
   PreparedEvent p;
@@ -98,7 +87,7 @@ ObserveStatus Engine::PrepareRule(const Rule& rule, const Event& event,
 
 void Engine::Prepare(const Event& event, PreparedEvent* p) {
   p->identity = Identity(event);
-  if (options_.dedupe_window != 0) recent_.prefetch(p->identity);
+  window_.Prefetch(p->identity);
   std::fill(p->key_done.begin(), p->key_done.end(), 0);
   const std::vector<Rule>& rules = rules_->rules();
   for (size_t i = 0; i < rules.size(); ++i) {
@@ -250,10 +239,7 @@ std::vector<std::string> Engine::TakeStateFrom(Engine& old) {
     }
   }
   if (options_.dedupe_window == old.options_.dedupe_window) {
-    recent_ = std::move(old.recent_);
-    ring_ = std::move(old.ring_);
-    ring_next_ = old.ring_next_;
-    window_inserted_ = old.window_inserted_;
+    window_ = std::move(old.window_);
     window_saved_ = old.window_saved_;
   }
   events_ = old.events_;
@@ -267,7 +253,7 @@ constexpr uint64_t kEngineImageTag = 0x31474e45'00000001ULL;  // "ENG1", v1
 
 void Engine::TrackChanges() {
   for (auto& st : states_) st->TrackChanges();
-  window_saved_ = window_inserted_;
+  window_saved_ = window_.taken();
 }
 
 size_t Engine::SaveState(const ImageSpec& spec, Pieces* pieces) {
@@ -312,16 +298,14 @@ size_t Engine::SaveState(const ImageSpec& spec, Pieces* pieces) {
   // The window: the identities taken in since the last image, oldest
   // first; all of the ring when full, and with the first slice of a round
   // (a restore starts there: the older identities are in no later image).
-  const size_t size = ring_.size();
+  const uint64_t size = window_.capacity();
+  const uint64_t taken = window_.taken();
   const bool whole = full || (spec.slice && spec.first == 0);
-  uint64_t n = whole
-                   ? std::min<uint64_t>(window_inserted_, size)
-                   : std::min<uint64_t>(window_inserted_ - window_saved_, size);
+  uint64_t n = whole ? std::min<uint64_t>(taken, size)
+                     : std::min<uint64_t>(taken - window_saved_, size);
   PutU64(out, n);
-  for (uint64_t k = n; k > 0; --k) {
-    PutHash(out, ring_[(ring_next_ + size - k) % size]);
-  }
-  window_saved_ = window_inserted_;
+  for (uint64_t k = n; k > 0; --k) PutHash(out, window_.Newest(k));
+  window_saved_ = taken;
   return slice_bytes;
 }
 
@@ -373,7 +357,7 @@ absl::Status Engine::RestoreState(std::string_view in,
   for (uint64_t k = 0; k < n; ++k) {
     Hash128 id;
     if (!GetHash(&in, &id)) return bad();
-    if (options_.dedupe_window != 0) SeenRecently(id);
+    window_.SeenOrTake(id);
   }
   if (!in.empty()) return bad();
   return absl::OkStatus();

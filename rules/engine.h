@@ -21,10 +21,10 @@
 #include <string>
 #include <vector>
 
-#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "rules/kind.h"
 #include "rules/memory_budget.h"
+#include "rules/redelivery_window.h"
 #include "rules/rule_set.h"
 #include "sidecar/core/event.h"
 #include "sidecar/core/violation.h"
@@ -161,12 +161,8 @@ class Engine {
   std::vector<RuleCounters> counters_;
   PreparedEvent scratch_;  // for Process()
   TupleHasher hasher_;
-  // Redelivery window: set plus FIFO ring of the same identities.
-  absl::flat_hash_set<Hash128> recent_;
-  std::vector<Hash128> ring_;
-  size_t ring_next_ = 0;
-  uint64_t window_inserted_ = 0;  // identities ever taken into the ring
-  uint64_t window_saved_ = 0;     // ... as of the last SaveState
+  RedeliveryWindow window_;
+  uint64_t window_saved_ = 0;  // window_.taken() as of the last SaveState
   uint64_t events_ = 0;
   uint64_t redelivered_ = 0;
 };
