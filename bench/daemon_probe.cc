@@ -22,8 +22,10 @@
 //                        [--fault-every K] [--tick-us T] [--warmup W]
 //                        --work DIR
 //       Starts the daemon on an empty directory; with --warmup, writes the
-//       first W lines of the trace at once and waits until the daemon has
-//       counted them (steady state: rule tables at their working size).
+//       first W lines of the trace at once, waits until the daemon has
+//       counted them (steady state: rule tables at their working size) and
+//       flushes the file system (syncfs) so that the burst's writeback is
+//       not measured.
 //       Then appends the clean trace
 //       to DIR/tail/live.ndjson at R events/s, paced by intended send times
 //       (event i is due at start + i/R; the writer wakes every T us and
@@ -166,7 +168,12 @@ std::string_view NodeId(std::string_view line) {
 // A read-only mapping of a whole file.
 class MappedFile {
  public:
-  explicit MappedFile(const std::string& path) {
+  // `resident`: lock the pages in memory (mlock). The latency writer reads
+  // the trace as it goes; on a VM whose kernel pages out cold page cache
+  // (a DAMON `pageout` scheme, seen here: 90 MiB of refaults in 5 s), a
+  // page read back from disk stalled the writer for up to a second, which
+  // the benchmark would charge to the daemon.
+  explicit MappedFile(const std::string& path, bool resident = false) {
     const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) Die(absl::StrCat("cannot open ", path, ": ", strerror(errno)));
     struct stat st {};
@@ -177,6 +184,12 @@ class MappedFile {
     if (p == MAP_FAILED)
       Die(absl::StrCat("mmap ", path, ": ", strerror(errno)));
     ::madvise(p, size_, MADV_SEQUENTIAL);
+    if (resident && ::mlock(p, size_) != 0) {
+      std::fprintf(stderr,
+                   "daemon_probe: mlock of %s failed (%s); the trace may be "
+                   "read from disk during the run\n",
+                   path.c_str(), strerror(errno));
+    }
     data_ = static_cast<const char*>(p);
   }
   ~MappedFile() { ::munmap(const_cast<char*>(data_), size_); }
@@ -564,7 +577,7 @@ double Percentile(std::vector<double> v, double q) {
 
 int Latency(const Common& c, double rate, double duration, uint64_t every,
             int tick_us, uint64_t warmup, const std::string& dump) {
-  const MappedFile trace(c.trace);
+  const MappedFile trace(c.trace, /*resident=*/true);
   const std::string_view src = trace.view();
   const std::string tail_dir = FreshDirs(c);
   const std::string live = tail_dir + "/live.ndjson";
@@ -597,6 +610,12 @@ int Latency(const Common& c, double rate, double duration, uint64_t every,
       if (NowNs() > deadline) Die("the daemon did not count the warm-up");
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
+    // The warm-up is one burst (1.2 GB at full size) that a service never
+    // writes at once; left in the page cache, its writeback would land in
+    // the measured window and stall every fsync there. Flush it, and
+    // whatever the daemon wrote while taking it in, before the clock
+    // starts.
+    if (::syncfs(fd) != 0) Die("syncfs failed");
   }
   const uint64_t base = emitted;
   const uint64_t total = base + static_cast<uint64_t>(rate * duration);
