@@ -864,6 +864,8 @@ void App::Housekeeping() {
       m.Evidence(es.stored, es.duplicates, es.failures,
                  static_cast<double>(es.pending),
                  static_cast<double>(es.head_seq));
+      m.EvidenceWalCheckpoints(es.wal.checkpoints, es.wal.partial,
+                               es.wal.errors);
       const PipelineStats ps = s_->pipeline->Stats();
       m.StateCheckpoints(ps.full_checkpoints,
                          ps.checkpoints - ps.full_checkpoints,

@@ -131,6 +131,7 @@ EvidenceWriterStats EvidenceWriter::Stats() const {
   std::lock_guard<std::mutex> l(mu_);
   EvidenceWriterStats s = stats_;
   s.pending = submitted_ - committed_;
+  s.wal = store_->wal_stats();  // thread-safe (its own lock)
   return s;
 }
 

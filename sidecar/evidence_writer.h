@@ -69,7 +69,8 @@ struct EvidenceWriterStats {
   std::string head_hash;
   uint64_t checkpoints = 0;       // rule-state checkpoints committed
   uint64_t checkpoint_epoch = 0;  // the latest durable one
-  std::string last_error;  // of the last failed commit, until one succeeds
+  std::string last_error;    // of the last failed commit, until one succeeds
+  WalCheckpointerStats wal;  // the evidence store's background checkpoints
 };
 
 class EvidenceWriter {

@@ -109,6 +109,14 @@ EvidenceStore::~EvidenceStore() {
   sqlite3_close_v2(db_);
 }
 
+WalCheckpointerStats EvidenceStore::wal_stats() const {
+  return checkpointer_ ? checkpointer_->Stats() : WalCheckpointerStats{};
+}
+
+void EvidenceStore::WaitForWalCheckpointsForTest() const {
+  if (checkpointer_) checkpointer_->WaitIdleForTest();
+}
+
 absl::StatusOr<std::unique_ptr<EvidenceStore>> EvidenceStore::Open(
     const std::string& path, bool read_only, int busy_timeout_ms,
     bool check_pages) {

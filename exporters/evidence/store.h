@@ -39,12 +39,11 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "exporters/wal_checkpointer.h"
 
 struct sqlite3;
 
 namespace invariantd {
-
-class WalCheckpointer;
 
 // One violation as stored. Text fields are stored as given (the raw
 // witness bytes exactly); outputs sanitize what they show.
@@ -156,6 +155,12 @@ class EvidenceStore {
   // size limit), the oldest ones; keeps the chain verifiable.
   absl::StatusOr<EvidencePrune> Prune(int64_t before_unix_ms,
                                       uint64_t max_bytes);
+
+  // The background WAL checkpoints (zeros for a read-only store). Safe to
+  // call from any thread, unlike the rest of the store.
+  WalCheckpointerStats wal_stats() const;
+  // Returns once no background checkpoint is wanted or running (tests).
+  void WaitForWalCheckpointsForTest() const;
 
   // Last committed row (0 and the zero hash when empty).
   uint64_t head_seq() const { return head_seq_; }

@@ -176,6 +176,13 @@ struct Metrics::Impl {
                 .Help("Failed evidence commits (retried; nothing waiting on "
                       "them is acknowledged).")
                 .Register(*registry)),
+        evidence_wal_checkpoints(
+            prometheus::BuildCounter()
+                .Name("invariantd_evidence_wal_checkpoints_total")
+                .Help("Background copies of the evidence WAL into the "
+                      "database: complete, partial (a reader held an older "
+                      "snapshot; retried) or failed (I/O error).")
+                .Register(*registry)),
         evidence_pending(prometheus::BuildGauge()
                              .Name("invariantd_evidence_pending")
                              .Help("Violations waiting to be committed.")
@@ -273,6 +280,7 @@ struct Metrics::Impl {
   Counter& protocol_dropped;
   Family<Counter>& evidence_records;
   Family<Counter>& evidence_failures;
+  Family<Counter>& evidence_wal_checkpoints;
   Gauge& evidence_pending;
   Family<Counter>& alert_notifications;
   Family<Counter>& alert_deliveries;
@@ -415,6 +423,17 @@ void Metrics::Evidence(uint64_t stored_total, uint64_t duplicate_total,
   impl_->SetTotal(impl_->evidence_failures, {}, failures_total);
   impl_->evidence_pending.Set(pending);
   impl_->evidence_head.Set(head_seq);
+}
+
+void Metrics::EvidenceWalCheckpoints(uint64_t complete_total,
+                                     uint64_t partial_total,
+                                     uint64_t failed_total) {
+  impl_->SetTotal(impl_->evidence_wal_checkpoints, {{"result", "complete"}},
+                  complete_total);
+  impl_->SetTotal(impl_->evidence_wal_checkpoints, {{"result", "partial"}},
+                  partial_total);
+  impl_->SetTotal(impl_->evidence_wal_checkpoints, {{"result", "failed"}},
+                  failed_total);
 }
 
 void Metrics::StateCheckpoints(uint64_t full_total, uint64_t changes_total,

@@ -106,6 +106,10 @@ class Metrics {
   // invariantd_evidence_pending, invariantd_evidence_head_seq.
   void Evidence(uint64_t stored_total, uint64_t duplicate_total,
                 uint64_t failures_total, double pending, double head_seq);
+  // invariantd_evidence_wal_checkpoints_total{result="complete"|"partial"|
+  // "failed"} (from running totals).
+  void EvidenceWalCheckpoints(uint64_t complete_total, uint64_t partial_total,
+                              uint64_t failed_total);
   // invariantd_state_checkpoints_total{type="full"|"changes"} and
   // invariantd_state_checkpoint_bytes_total (from running totals);
   // invariantd_state_restored (1 or 0).

@@ -42,6 +42,7 @@ void FillAll(Metrics* m) {
   m->HttpRequest(429);
   m->HttpRequest(7);
   m->ProtocolState("term", "node-1", 42);
+  m->EvidenceWalCheckpoints(6, 2, 1);
 }
 
 TEST(MetricsTest, ExpositionHasExpectedSeries) {
@@ -79,6 +80,9 @@ TEST(MetricsTest, ExpositionHasExpectedSeries) {
            "invariantd_http_requests_total{code=\"other\"} 1",
            "invariantd_protocol_state{key=\"node-1\",name=\"term\"} 42",
            "invariantd_protocol_state_series_dropped_total 0",
+           "invariantd_evidence_wal_checkpoints_total{result=\"complete\"} 6",
+           "invariantd_evidence_wal_checkpoints_total{result=\"partial\"} 2",
+           "invariantd_evidence_wal_checkpoints_total{result=\"failed\"} 1",
            "# TYPE invariantd_rule_eval_duration_seconds histogram",
        }) {
     EXPECT_THAT(text, HasSubstr(std::string(want)));
