@@ -463,6 +463,10 @@ struct Common {
   std::vector<std::string> daemon_args;
 };
 
+std::string DataDir(const Common& c) {
+  return c.data_dir.empty() ? c.work + "/data" : c.data_dir;
+}
+
 Daemon::Options DaemonOptions(const Common& c, const std::string& tail_dir) {
   Daemon::Options o;
   o.binary = c.binary;
@@ -470,7 +474,7 @@ Daemon::Options DaemonOptions(const Common& c, const std::string& tail_dir) {
   o.workers = c.workers;
   o.extra_args = c.daemon_args;
   o.tail_glob = tail_dir + "/*.ndjson";
-  o.data_dir = c.data_dir.empty() ? c.work + "/data" : c.data_dir;
+  o.data_dir = DataDir(c);
   return o;
 }
 
@@ -479,7 +483,7 @@ std::string FreshDirs(const Common& c) {
   namespace fs = std::filesystem;
   const std::string tail_dir = c.work + "/tail";
   fs::remove_all(tail_dir);
-  fs::remove_all(c.data_dir.empty() ? c.work + "/data" : c.data_dir);
+  fs::remove_all(DataDir(c));
   fs::create_directories(tail_dir);
   return tail_dir;
 }
@@ -699,7 +703,9 @@ int Latency(const Common& c, double rate, double duration, uint64_t every,
     from_write.push_back(static_cast<double>(it->second - f.written_ns) / 1e6);
   }
   if (!dump.empty()) {
-    // One line per fault: seconds since the start, latency ms (-1: missing).
+    // One line per fault: seconds since the start, the intended time (ns,
+    // steady clock: joins with the daemon's own timings), its line number,
+    // latency ms (-1: missing).
     FILE* f = std::fopen(dump.c_str(), "w");
     if (f == nullptr) Die("cannot write " + dump);
     for (const Fault& fault : faults) {
@@ -707,7 +713,8 @@ int Latency(const Common& c, double rate, double duration, uint64_t every,
       std::fprintf(
           f, "%.6f %lld %llu %.3f\n",
           static_cast<double>(fault.intended_ns - start) / 1e9,
-          (long long)fault.intended_ns, (unsigned long long)fault.line,
+          static_cast<long long>(fault.intended_ns),
+          static_cast<unsigned long long>(fault.line),
           it == arrived.end()
               ? -1.0
               : static_cast<double>(it->second - fault.intended_ns) / 1e6);
@@ -787,7 +794,8 @@ int main(int argc, char** argv) {
   lat->add_option("--warmup", warmup,
                   "Clean lines written (and processed) before measuring");
   lat->add_option("--dump", dump,
-                  "Write 'seconds-since-start latency-ms' per fault here");
+                  "Write 'seconds-since-start intended-ns line latency-ms' "
+                  "per fault here");
   CLI11_PARSE(app, argc, argv);
 
   ::signal(SIGPIPE, SIG_IGN);

@@ -3,7 +3,6 @@
 #include <sqlite3.h>
 
 #include <algorithm>
-#include <chrono>
 #include <utility>
 
 #include "exporters/sqlite.h"
@@ -74,15 +73,9 @@ void WalCheckpointer::Run() {
     l.unlock();
     int log = 0;
     int done = 0;
-    const auto t0 = std::chrono::steady_clock::now();
     const int rc = sqlite3_wal_checkpoint_v2(
         own_, nullptr, SQLITE_CHECKPOINT_PASSIVE, &log, &done);
-    const double seconds =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0)
-            .count();
     l.lock();
-    stats_.last_seconds = seconds;
-    stats_.max_seconds = std::max(stats_.max_seconds, seconds);
     if (rc != SQLITE_OK && rc != SQLITE_BUSY) {
       ++stats_.errors;
     } else if (rc == SQLITE_OK && done == log) {
@@ -90,7 +83,6 @@ void WalCheckpointer::Run() {
     } else {
       ++stats_.partial;
     }
-    ++runs_;
     running_ = false;
     cv_.notify_all();
   }

@@ -42,8 +42,6 @@ struct WalCheckpointerStats {
   uint64_t checkpoints = 0;  // checkpoint calls that copied every frame
   uint64_t partial = 0;      // calls that left frames (readers, busy, I/O)
   uint64_t errors = 0;       // calls that failed (I/O error)
-  double last_seconds = 0;   // duration of the latest call
-  double max_seconds = 0;
 };
 
 class WalCheckpointer {
@@ -77,7 +75,6 @@ class WalCheckpointer {
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   bool wanted_ ABSL_GUARDED_BY(mu_) = false;
   bool running_ ABSL_GUARDED_BY(mu_) = false;
-  uint64_t runs_ ABSL_GUARDED_BY(mu_) = 0;
   WalCheckpointerStats stats_ ABSL_GUARDED_BY(mu_);
   std::thread thread_;
 };

@@ -36,8 +36,6 @@ Hash128 Engine::Identity(const Event& event) {
   return HashBytes(event.raw);
 }
 
-bool Engine::SeenRecently(const Hash128& id) { return window_.SeenOrTake(id); }
-
 PreparedEvent Engine::NewPrepared() const {
   PreparedEvent p;
   p.key_hash.resize(rules_->key_groups());
@@ -120,7 +118,7 @@ bool Engine::Process(const Event& event, std::vector<Violation>* out) {
 
 bool Engine::IsRedelivery(const Hash128& identity) {
   ++events_;
-  if (!SeenRecently(identity)) return false;
+  if (!window_.SeenOrTake(identity)) return false;
   ++redelivered_;
   return true;
 }

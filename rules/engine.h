@@ -147,7 +147,6 @@ class Engine {
   std::unique_ptr<RuleState> NewState(size_t i) const;
   Hash128 Identity(const Event& event);
   void PublishGauge(const Rule& rule, const Event& event);
-  bool SeenRecently(const Hash128& id);
   // `when` and key for one rule. Returns kOk when the rule applies; its key
   // hash is then in p->key_hash[rule.key_group].
   ObserveStatus PrepareRule(const Rule& rule, const Event& event,
