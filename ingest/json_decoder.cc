@@ -126,11 +126,22 @@ absl::Status CheckShape(std::string_view line, const DecoderLimits& limits,
   const size_t n = line.size();
   bool may_fail = n > limits.max_string_bytes;
   if (!may_fail && (n > max_depth || n > limits.max_fields)) {
+    // Byte-wide counters over blocks of 255 (they cannot wrap): the
+    // compiler keeps the loop in byte lanes, 4x fewer instructions than
+    // widening every byte to a size_t.
     size_t opens = 0;
     size_t colons = 0;
-    for (char c : line) {
-      opens += static_cast<size_t>((c == '{') | (c == '['));
-      colons += static_cast<size_t>(c == ':');
+    for (size_t i = 0; i < n;) {
+      const size_t stop = std::min(n, i + 255);
+      uint8_t block_opens = 0;
+      uint8_t block_colons = 0;
+      for (; i < stop; ++i) {
+        const char c = line[i];
+        block_opens += static_cast<uint8_t>((c == '{') | (c == '['));
+        block_colons += static_cast<uint8_t>(c == ':');
+      }
+      opens += block_opens;
+      colons += block_colons;
     }
     may_fail = opens > max_depth || colons > limits.max_fields;
   }
@@ -183,7 +194,9 @@ class JsonDecoder final : public Decoder {
     const StringMap<int>* map = nullptr;  // set when children are many
   };
 
-  int FindChild(const Node& node, std::string_view key) const;
+  // `padded`: at least 8 bytes are readable from key.data() (a key viewed
+  // in the line, which is followed by kLinePadding bytes).
+  int FindChild(const Node& node, std::string_view key, bool padded) const;
   // The Visit functions fill the slots of `node`'s subtree from a value.
   // With `strict`, values no path selects are validated instead of skipped.
   error_code VisitObject(od::object object, int node, int level, bool strict);
@@ -204,6 +217,9 @@ class JsonDecoder final : public Decoder {
   std::vector<Node> nodes_;
   std::vector<std::string> keys_;
   std::vector<int> key_nodes_;
+  // The first 8 bytes of keys_[i], zero-extended: keys of up to 8 bytes
+  // (most) are matched by one compare.
+  std::vector<uint64_t> key_words_;
 
   od::parser parser_;
   // sub_parsers_[k] re-parses containers at re-parse nesting level k + 1.
@@ -237,20 +253,40 @@ JsonDecoder::JsonDecoder(const FieldSet& fields, const DecoderLimits& limits)
     for (const auto& [key, child] : trie[i].children) {
       keys_.push_back(key);
       key_nodes_.push_back(child);
+      uint64_t word = 0;
+      std::memcpy(&word, key.data(), std::min<size_t>(key.size(), 8));
+      key_words_.push_back(word);
     }
   }
 }
 
-int JsonDecoder::FindChild(const Node& node, std::string_view key) const {
+int JsonDecoder::FindChild(const Node& node, std::string_view key,
+                           bool padded) const {
   if (node.map != nullptr) {
     const auto it = node.map->find(key);
     return it == node.map->end() ? -1 : it->second;
   }
   const uint32_t end = node.first + node.count;
+  if (key.size() <= 8) {
+    // One word compare: the key's bytes, zero-extended.
+    uint64_t word = 0;
+    if (padded) {
+      std::memcpy(&word, key.data(), 8);
+      if (key.size() < 8) word &= (uint64_t{1} << (8 * key.size())) - 1;
+    } else {
+      std::memcpy(&word, key.data(), key.size());
+    }
+    for (uint32_t i = node.first; i < end; ++i) {
+      if (key_words_[i] == word && keys_[i].size() == key.size()) {
+        return key_nodes_[i];
+      }
+    }
+    return -1;
+  }
   for (uint32_t i = node.first; i < end; ++i) {
     const std::string& k = keys_[i];
     // Length and first byte reject most candidates without a memcmp call.
-    if (k.size() == key.size() && (k.empty() || k[0] == key[0]) &&
+    if (k.size() == key.size() && k[0] == key[0] &&
         std::memcmp(k.data(), key.data(), key.size()) == 0) {
       return key_nodes_[i];
     }
@@ -268,13 +304,14 @@ error_code JsonDecoder::VisitObject(od::object object, int node_index,
     std::string_view key;
     const char* raw = field.key().raw();
     size_t len;
-    if (PlainStringLength(raw, &len)) {
+    const bool in_line = PlainStringLength(raw, &len);
+    if (in_line) {
       key = std::string_view(raw, len);
     } else {
       error = field.unescaped_key().get(key);
       if (error) return error;
     }
-    const int child = FindChild(node, key);
+    const int child = FindChild(node, key, in_line);
     if (child >= 0) {
       error = VisitValue(field.value(), child, level, strict);
     } else if (strict) {
@@ -299,7 +336,8 @@ error_code JsonDecoder::VisitArray(od::array array, int node_index, int level,
     if (index <= node.max_index) {
       const auto r = std::to_chars(digits, digits + sizeof(digits), index);
       child = FindChild(
-          node, std::string_view(digits, static_cast<size_t>(r.ptr - digits)));
+          node, std::string_view(digits, static_cast<size_t>(r.ptr - digits)),
+          /*padded=*/false);
     }
     if (child >= 0) {
       error = VisitValue(value, child, level, strict);

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "ingest/line_reader.h"
@@ -88,6 +89,28 @@ TEST(RecordLimitsTest, JsonFieldsAreCountedAtEveryDepth) {
   // Colons inside strings and array elements are not fields.
   EXPECT_TRUE(h->Decode(R"({"a":"x:y:z:w","b":[1,2,3,4,5,6]})").ok());
   EXPECT_THAT(h->Get("a"), IsString("x:y:z:w"));
+}
+
+// A record longer than the string limit's 255-byte counting blocks: the
+// quick count that decides whether to scan must see every byte.
+TEST(RecordLimitsTest, JsonLimitsHoldPastTheFirstBlocksOfALongRecord) {
+  auto h = Harness(WithLimits(JsonOptions(/*max_depth=*/3), 3, 10000), {"a"});
+  ASSERT_TRUE(h);
+  const std::string pad(600, 'x');
+  EXPECT_TRUE(
+      h->Decode(absl::StrCat(R"({"p":")", pad, R"(","a":1,"b":2})")).ok());
+  EXPECT_THAT(h->Get("a"), IsInt(1));
+  EXPECT_FALSE(
+      h->Decode(absl::StrCat(R"({"p":")", pad, R"(","a":1,"b":2,"c":3})"))
+          .ok());
+  EXPECT_EQ(h->reason(), reject::kTooManyFields);
+  EXPECT_FALSE(
+      h->Decode(absl::StrCat(R"({"p":")", pad, R"(","a":[[[0]]]})")).ok());
+  EXPECT_EQ(h->reason(), reject::kTooDeep);
+  // 255 brackets: one full block of counts, which must not wrap to 0.
+  const std::string brackets(255, '[');
+  EXPECT_FALSE(h->Decode(absl::StrCat(R"({"a":)", brackets)).ok());
+  EXPECT_EQ(h->reason(), reject::kTooDeep);
 }
 
 TEST(RecordLimitsTest, JsonStringsAreMeasuredAsWritten) {

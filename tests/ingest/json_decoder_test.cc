@@ -146,6 +146,35 @@ TEST(JsonDecoderTest, EscapedAndBracketQuotedKeys) {
   EXPECT_THAT(h->Get(R"(["x y"].z)"), IsInt(3));
 }
 
+// Keys of up to 8 bytes are matched as one word, longer ones byte by byte:
+// every byte and the length count, at and around the 8-byte boundary.
+TEST(JsonDecoderTest, KeysMatchOnEveryByteAndTheLength) {
+  auto h = Json({"k", "key", "abcdefg", "abcdefgh", "abcdefghi", "abcdefghij.x",
+                 "o.abcdefgh"});
+  ASSERT_TRUE(h);
+  ASSERT_TRUE(h->Decode(R"({"ke":0,"keyy":0,"abcdefgX":0,"abcdefghX":0,)"
+                        R"("Xbcdefgh":0,"abcdefghij":{"x":5},"k":1,)"
+                        R"("o":{"abcdefgh":7}})")
+                  .ok());
+  EXPECT_THAT(h->Get("k"), IsInt(1));
+  EXPECT_THAT(h->Get("key"), IsMissing());
+  EXPECT_THAT(h->Get("abcdefg"), IsMissing());
+  EXPECT_THAT(h->Get("abcdefgh"), IsMissing());
+  EXPECT_THAT(h->Get("abcdefghi"), IsMissing());
+  EXPECT_THAT(h->Get("abcdefghij.x"), IsInt(5));
+  EXPECT_THAT(h->Get("o.abcdefgh"), IsInt(7));
+  // Exact matches, one escaped (unescaped by simdjson, not in the line);
+  // the last key ends right before the line's end.
+  ASSERT_TRUE(h->Decode(R"({"abcdefg":1,"abcdefgh":2,"abcdefghi":3,)"
+                        R"("key":4,"o":{"abcdefgh":8}})")
+                  .ok());
+  EXPECT_THAT(h->Get("abcdefg"), IsInt(1));
+  EXPECT_THAT(h->Get("abcdefgh"), IsInt(2));
+  EXPECT_THAT(h->Get("abcdefghi"), IsInt(3));
+  EXPECT_THAT(h->Get("key"), IsInt(4));
+  EXPECT_THAT(h->Get("o.abcdefgh"), IsInt(8));
+}
+
 TEST(JsonDecoderTest, DuplicateKeysLastWins) {
   auto h = Json({"a", "o.x", "o.y"});
   ASSERT_TRUE(h);
