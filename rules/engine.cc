@@ -136,6 +136,9 @@ void Engine::Evaluate(const Event& event, const PreparedEvent& p,
   in.event = &event;
   in.identity = p.identity;
   const std::vector<Rule>& rules = rules_->rules();
+  // One for all rules: GCC zero-fills a fresh optional<Finding> (176
+  // bytes, `rep stos`), which cost 2.5% of replay when it was made per rule.
+  std::optional<Finding> finding;
   for (size_t i = 0; i < rules.size(); ++i) {
     if (mask != nullptr && mask[i] == 0) continue;
     const Rule& rule = rules[i];
@@ -145,7 +148,7 @@ void Engine::Evaluate(const Event& event, const PreparedEvent& p,
       continue;
     }
     ObserveStatus st = p.rule_status[i];
-    std::optional<Finding> finding;
+    finding.reset();
     if (st == ObserveStatus::kOk) {
       in.key = p.key_hash[rule.key_group];
       st = states_[i]->Observe(in, &finding);

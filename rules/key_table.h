@@ -42,12 +42,9 @@
 #ifndef INVARIANTD_RULES_KEY_TABLE_H_
 #define INVARIANTD_RULES_KEY_TABLE_H_
 
-#include <sys/mman.h>
-
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
-#include <cstdlib>
 #include <new>
 #include <type_traits>
 #include <utility>
@@ -55,6 +52,7 @@
 
 #include "rules/memory_budget.h"
 #include "sidecar/core/hash.h"
+#include "sidecar/core/zeroed_memory.h"
 
 namespace invariantd {
 
@@ -313,12 +311,9 @@ class KeyTable {
 
  private:
   static constexpr size_t kNone = SIZE_MAX;
-  // Large arrays are accessed at random: with 4 KiB pages, one TLB miss per
-  // lookup. Arrays of at least kMapBytes are mmap'ed and advised for
-  // transparent huge pages (Linux, THP in madvise mode; elsewhere, or if
-  // refused, nothing changes).
-  static constexpr size_t kHugePage = size_t{2} << 20;
-  static constexpr size_t kMapBytes = 2 * kHugePage;
+  // Large arrays are accessed at random: they come from ZeroedMemory
+  // (huge pages from 4 MiB up; sidecar/core/zeroed_memory.h).
+  static constexpr size_t kHugePage = ZeroedMemory::kHugePage;
   // Old-array positions moved per FindOrInsert. Growth happens at 7/8 load
   // into 1.5x the capacity, leaving (1.5 * 7/8 - 7/8) = 0.44 x old capacity
   // insertions before the next growth; 4 positions per call (at least one
@@ -331,7 +326,7 @@ class KeyTable {
   static constexpr size_t kIncrementalFromBytes = size_t{64} << 20;
   static constexpr size_t kPrefetchAhead = 8;
 
-  // Trivial, so a calloc'ed array of them is all empty slots. The State is
+  // Trivial, so a zero-filled array of them is all empty slots. The State is
   // constructed in `storage` only while the slot holds a key.
   struct Slot {
     Hash128 key;     // {0,0} marks an empty slot
@@ -342,30 +337,11 @@ class KeyTable {
   // One linear-probing array of slots.
   struct Array {
     Array() = default;
-    explicit Array(size_t n) : n(n) {
-      const size_t bytes = n * sizeof(Slot);
-      if (bytes >= kMapBytes) {
-        // Fresh zero pages straight from the kernel, 2 MiB-aligned and
-        // advised before the first touch so they fault in as huge pages
-        // (calloc would hand back reused heap memory it must memset).
-        map_bytes = bytes + kHugePage;
-        void* m = ::mmap(nullptr, map_bytes, PROT_READ | PROT_WRITE,
-                         MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (m == MAP_FAILED) throw std::bad_alloc();
-        map_base = m;
-        const uintptr_t aligned =
-            (reinterpret_cast<uintptr_t>(m) + kHugePage - 1) & ~(kHugePage - 1);
-        slots = reinterpret_cast<Slot*>(aligned);
-        ::madvise(slots, bytes, MADV_HUGEPAGE);
-      } else {
-        slots = static_cast<Slot*>(std::calloc(n, sizeof(Slot)));
-        if (slots == nullptr) throw std::bad_alloc();
-      }
-    }
+    explicit Array(size_t n)
+        : mem(n * sizeof(Slot)), slots(static_cast<Slot*>(mem.data())), n(n) {}
     Array(Array&& o) noexcept
-        : slots(std::exchange(o.slots, nullptr)),
-          map_base(std::exchange(o.map_base, nullptr)),
-          map_bytes(std::exchange(o.map_bytes, 0)),
+        : mem(std::move(o.mem)),
+          slots(std::exchange(o.slots, nullptr)),
           returned(std::exchange(o.returned, 0)),
           n(std::exchange(o.n, 0)),
           live(std::exchange(o.live, 0)),
@@ -373,9 +349,8 @@ class KeyTable {
     Array& operator=(Array&& o) noexcept {
       if (this != &o) {
         Release();
+        mem = std::move(o.mem);
         slots = std::exchange(o.slots, nullptr);
-        map_base = std::exchange(o.map_base, nullptr);
-        map_bytes = std::exchange(o.map_bytes, 0);
         returned = std::exchange(o.returned, 0);
         n = std::exchange(o.n, 0);
         live = std::exchange(o.live, 0);
@@ -392,14 +367,9 @@ class KeyTable {
           if (!Empty(i)) Destroy(i);
         }
       }
-      if (map_base != nullptr) {
-        ::munmap(map_base, map_bytes);
-      } else {
-        std::free(slots);
-      }
+      mem.Release();
       slots = nullptr;
-      map_base = nullptr;
-      map_bytes = returned = 0;
+      returned = 0;
       n = live = cursor = 0;
     }
 
@@ -409,14 +379,12 @@ class KeyTable {
     // slots). So the old array shrinks as the new one fills, and the peak
     // resident size of a growth stays near that of a one-shot rehash.
     void ReturnPagesBelowCursor() {
-      if (map_base == nullptr) return;
-      const uintptr_t base = reinterpret_cast<uintptr_t>(slots);
-      const uintptr_t upto =
-          (base + cursor * sizeof(Slot)) & ~(uintptr_t{kHugePage} - 1);
-      if (upto < base + returned + kHugePage) return;
-      ::madvise(reinterpret_cast<void*>(base + returned),
-                upto - (base + returned), MADV_DONTNEED);
-      returned = upto - base;
+      if (!mem.mapped()) return;
+      // `slots` is huge-page aligned when mapped.
+      const size_t upto = (cursor * sizeof(Slot)) & ~(kHugePage - 1);
+      if (upto < returned + kHugePage) return;
+      mem.DiscardPages(returned, upto - returned);
+      returned = upto;
     }
     Slot& at(size_t i) { return slots[i]; }
     const Slot& at(size_t i) const { return slots[i]; }
@@ -486,9 +454,8 @@ class KeyTable {
       }
     }
 
+    ZeroedMemory mem;
     Slot* slots = nullptr;
-    void* map_base = nullptr;  // set when mmap'ed (large arrays)
-    size_t map_bytes = 0;
     size_t returned = 0;  // bytes from `slots` given back by madvise
     size_t n = 0;
     size_t live = 0;

@@ -32,9 +32,9 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <vector>
 
 #include "sidecar/core/hash.h"
+#include "sidecar/core/zeroed_memory.h"
 
 namespace invariantd {
 
@@ -44,7 +44,7 @@ class RedeliveryWindow {
   explicit RedeliveryWindow(size_t capacity = 0) : ring_(capacity) {
     size_t buckets = 1;
     while (buckets < 2 * capacity) buckets <<= 1;
-    heads_.assign(capacity == 0 ? 0 : buckets, Head{});
+    heads_ = ZeroedArray<Head>(capacity == 0 ? 0 : buckets);
     mask_ = buckets - 1;
   }
 
@@ -84,15 +84,16 @@ class RedeliveryWindow {
   }
 
  private:
+  // All-zero bytes are an unused slot and an empty bucket.
   struct Slot {
     Hash128 id;
-    uint64_t next = 0;  // sequence number of the next older in the bucket
+    uint64_t next;  // sequence number of the next older in the bucket
   };
   // A bucket: its newest identity inline (seq 0: none yet).
   struct alignas(32) Head {
     Hash128 id;
-    uint64_t seq = 0;
-    uint64_t next = 0;  // as Slot::next
+    uint64_t seq;
+    uint64_t next;  // as Slot::next
   };
 
   // Sequence number `seq` (0: none) is still in the window.
@@ -109,8 +110,9 @@ class RedeliveryWindow {
     return false;
   }
 
-  std::vector<Slot> ring_;
-  std::vector<Head> heads_;
+  // Zero-filled, huge pages when large: a lookup is a random access.
+  ZeroedArray<Slot> ring_;
+  ZeroedArray<Head> heads_;
   uint64_t mask_ = 0;
   uint64_t taken_ = 0;
   size_t cursor_ = 0;  // ring slot of the next identity: taken_ mod N
