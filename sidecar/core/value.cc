@@ -65,13 +65,8 @@ bool operator==(const Value& a, const Value& b) {
   }
 }
 
-std::optional<int> Value::CompareNumbers(const Value& a, const Value& b) {
+std::optional<int> Value::CompareMixedNumbers(const Value& a, const Value& b) {
   if (!a.is_number() || !b.is_number()) return std::nullopt;
-  if (a.is_int() && b.is_int()) {
-    return a.int_value() < b.int_value()   ? -1
-           : a.int_value() > b.int_value() ? 1
-                                           : 0;
-  }
   const double x = a.AsDouble();
   const double y = b.AsDouble();
   if (std::isnan(x) || std::isnan(y)) return std::nullopt;

@@ -109,7 +109,15 @@ class Value {
 
   // Numeric three-way comparison: nullopt unless both are numbers (NaN also
   // yields nullopt). Strings compare bytewise via CompareStrings.
-  static std::optional<int> CompareNumbers(const Value& a, const Value& b);
+  // Two ints (the common case: terms, indexes) compare inline.
+  static std::optional<int> CompareNumbers(const Value& a, const Value& b) {
+    if (a.is_int() && b.is_int()) {
+      return a.int_value() < b.int_value()   ? -1
+             : a.int_value() > b.int_value() ? 1
+                                             : 0;
+    }
+    return CompareMixedNumbers(a, b);
+  }
 
   // JSON text of the value ("missing" encodes as null). Strings are escaped
   // per RFC 8259; invalid UTF-8 becomes U+FFFD.
@@ -119,6 +127,8 @@ class Value {
   std::string ToText() const;
 
  private:
+  // CompareNumbers unless both are ints.
+  static std::optional<int> CompareMixedNumbers(const Value& a, const Value& b);
   ValueKind kind_ = ValueKind::kMissing;
   union {
     int64_t i_ = 0;
