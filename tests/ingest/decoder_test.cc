@@ -111,6 +111,17 @@ TEST(RecordLimitsTest, JsonLimitsHoldPastTheFirstBlocksOfALongRecord) {
   const std::string brackets(255, '[');
   EXPECT_FALSE(h->Decode(absl::StrCat(R"({"a":)", brackets)).ok());
   EXPECT_EQ(h->reason(), reject::kTooDeep);
+  // Records shorter than max_fields count brackets only: the same.
+  auto d =
+      Harness(WithLimits(JsonOptions(/*max_depth=*/3), 10000, 10000), {"a"});
+  ASSERT_TRUE(d);
+  EXPECT_FALSE(
+      d->Decode(absl::StrCat(R"({"p":")", pad, R"(","a":[[[0]]]})")).ok());
+  EXPECT_EQ(d->reason(), reject::kTooDeep);
+  EXPECT_FALSE(d->Decode(absl::StrCat(R"({"a":)", brackets)).ok());
+  EXPECT_EQ(d->reason(), reject::kTooDeep);
+  EXPECT_TRUE(
+      d->Decode(absl::StrCat(R"({"p":")", pad, R"(","a":[[0]]})")).ok());
 }
 
 TEST(RecordLimitsTest, JsonStringsAreMeasuredAsWritten) {
