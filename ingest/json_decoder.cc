@@ -26,6 +26,7 @@
 #include <simdjson.h>
 
 #include <algorithm>
+#include <bit>
 #include <cassert>
 #include <charconv>
 #include <cstdint>
@@ -57,6 +58,8 @@ using simdjson::SUCCESS;
 
 static_assert(kLinePadding >= simdjson::SIMDJSON_PADDING,
               "LineReader's padding must cover simdjson's");
+static_assert(std::endian::native == std::endian::little,
+              "FindChild masks a key's low bytes as the first ones");
 
 // Up to this many children a trie node is searched linearly (faster than
 // hashing for the handful of keys a rule set typically reads per object).

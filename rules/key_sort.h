@@ -30,12 +30,14 @@ inline bool KeyLess(const Hash128& a, const Hash128& b) {
 }
 
 // `scratch` and `counts` are working memory, kept by the caller so that
-// repeated sorts do not allocate.
-inline void SortUniqueKeys(std::vector<Hash128>* keys,
+// repeated sorts do not allocate. Returns true when the insertion sort ran
+// out of budget and std::sort finished (for tests).
+inline bool SortUniqueKeys(std::vector<Hash128>* keys,
                            std::vector<Hash128>* scratch,
                            std::vector<uint32_t>* counts) {
   std::vector<Hash128>& v = *keys;
   const size_t n = v.size();
+  bool fell_back = false;
   if (n < 64) {
     std::sort(v.begin(), v.end(), KeyLess);
   } else {
@@ -60,10 +62,14 @@ inline void SortUniqueKeys(std::vector<Hash128>* keys,
       moves += i - j;
       if (moves > budget) done = false;
     }
-    if (!done) std::sort(scratch->begin(), scratch->end(), KeyLess);
+    if (!done) {
+      std::sort(scratch->begin(), scratch->end(), KeyLess);
+      fell_back = true;
+    }
     v.swap(*scratch);
   }
   v.erase(std::unique(v.begin(), v.end()), v.end());
+  return fell_back;
 }
 
 }  // namespace invariantd

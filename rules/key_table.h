@@ -211,7 +211,8 @@ class KeyTable {
   // erases; DrainChanges(f) calls f(key, state) for each such key -- state
   // null when the key is no longer present -- and starts a new interval.
   // Costs one comparison per lookup and 16 bytes per key first changed in
-  // an interval (twice that while a drain sorts them). When more keys
+  // an interval, plus as much again and up to 4 MiB of counters while a
+  // drain sorts them (kept between drains up to kKeepSortBytes). When more keys
   // changed than a sequential pass over the slots costs (a quarter of the
   // capacity), the drain scans the arrays for slots touched since the last
   // drain instead of looking each key up; otherwise it looks them up in
@@ -260,6 +261,7 @@ class KeyTable {
     changed_.clear();
     erased_.clear();
     mark_ = clock_;
+    ReleaseSortMemory();
   }
   void NoteChanged(Hash128 key) {
     if (!track_) return;
@@ -281,6 +283,7 @@ class KeyTable {
     changed_.clear();
     erased_.clear();
     mark_ = clock_;
+    ReleaseSortMemory();
   }
   size_t pending_changes() const { return changed_.size() + erased_.size(); }
 
@@ -326,6 +329,7 @@ class KeyTable {
   // whose one-shot rehash would stall evaluation for longer, use it.
   static constexpr size_t kIncrementalFromBytes = size_t{64} << 20;
   static constexpr size_t kPrefetchAhead = 8;
+  static constexpr size_t kKeepSortBytes = size_t{4} << 20;
 
   // Trivial, so a zero-filled array of them is all empty slots. The State is
   // constructed in `storage` only while the slot holds a key.
@@ -339,7 +343,9 @@ class KeyTable {
   struct Array {
     Array() = default;
     explicit Array(size_t n)
-        : mem(n * sizeof(Slot)), slots(static_cast<Slot*>(mem.data())), n(n) {}
+        : mem(n * sizeof(Slot), alignof(Slot)),
+          slots(static_cast<Slot*>(mem.data())),
+          n(n) {}
     Array(Array&& o) noexcept
         : mem(std::move(o.mem)),
           slots(std::exchange(o.slots, nullptr)),
@@ -476,6 +482,20 @@ class KeyTable {
     const size_t i = cur_.Find(key);
     if (i != kNone) return {&cur_, i};
     return {nullptr, kNone};
+  }
+
+  // After a drain: the sort's working memory (and the change lists it
+  // swapped with) is not kept beyond kKeepSortBytes each; a burst of
+  // changes does not leave its peak behind in every rule's table.
+  void ReleaseSortMemory() {
+    for (std::vector<Hash128>* v : {&changed_, &erased_, &sort_scratch_}) {
+      if (v->capacity() * sizeof(Hash128) > kKeepSortBytes) {
+        std::vector<Hash128>().swap(*v);
+      }
+    }
+    if (sort_counts_.capacity() * sizeof(uint32_t) > kKeepSortBytes) {
+      std::vector<uint32_t>().swap(sort_counts_);
+    }
   }
 
   // A prefetch. The empty asm keeps GCC from treating a function that only

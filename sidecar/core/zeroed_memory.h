@@ -19,6 +19,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <new>
+#include <type_traits>
 #include <utility>
 
 namespace invariantd {
@@ -101,13 +102,20 @@ class ZeroedMemory {
   size_t map_bytes_ = 0;
 };
 
-// A fixed-size array of trivially constructible T over ZeroedMemory: every
-// element starts as all-zero bytes (which must be a valid, meaningful T).
+// A fixed-size array of trivially copyable and destructible T over
+// ZeroedMemory: every element starts as all-zero bytes (which must be a
+// valid, meaningful T). The elements are never constructed: calloc and
+// aligned_alloc create such objects implicitly (C++20), and GCC and Clang
+// treat fresh mmap'ed memory the same way.
 template <typename T>
 class ZeroedArray {
+  static_assert(std::is_trivially_copyable_v<T> &&
+                std::is_trivially_destructible_v<T>);
+  static_assert(alignof(T) <= ZeroedMemory::kHugePage);
+
  public:
   ZeroedArray() = default;
-  explicit ZeroedArray(size_t n) : mem_(n * sizeof(T), alignof(T)), n_(n) {}
+  explicit ZeroedArray(size_t n) : mem_(Bytes(n), alignof(T)), n_(n) {}
   ZeroedArray(ZeroedArray&& o) noexcept
       : mem_(std::move(o.mem_)), n_(std::exchange(o.n_, 0)) {}
   ZeroedArray& operator=(ZeroedArray&& o) noexcept {
@@ -124,6 +132,11 @@ class ZeroedArray {
   }
 
  private:
+  static size_t Bytes(size_t n) {
+    if (n > SIZE_MAX / sizeof(T)) throw std::bad_alloc();
+    return n * sizeof(T);
+  }
+
   ZeroedMemory mem_;
   size_t n_ = 0;
 };

@@ -31,6 +31,17 @@ TEST(ZeroedMemoryTest, SmallBlocksAreZeroAndAlignedAsAsked) {
   }
 }
 
+// Freed heap memory is reused dirty: what comes back must be zero anyway.
+TEST(ZeroedMemoryTest, ReusedHeapMemoryIsZeroed) {
+  for (size_t align : {size_t{16}, size_t{64}}) {
+    for (int round = 0; round < 3; ++round) {
+      ZeroedMemory m(4096, align);
+      ASSERT_TRUE(AllZero(m.data(), m.size())) << align << " " << round;
+      std::memset(m.data(), 0x5a, m.size());
+    }
+  }
+}
+
 TEST(ZeroedMemoryTest, LargeBlocksAreMappedHugePageAlignedAndZero) {
   const size_t bytes = ZeroedMemory::kHugeBlockBytes + 12345;
   ZeroedMemory m(bytes, 64);

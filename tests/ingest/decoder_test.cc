@@ -107,9 +107,12 @@ TEST(RecordLimitsTest, JsonLimitsHoldPastTheFirstBlocksOfALongRecord) {
   EXPECT_FALSE(
       h->Decode(absl::StrCat(R"({"p":")", pad, R"(","a":[[[0]]]})")).ok());
   EXPECT_EQ(h->reason(), reject::kTooDeep);
-  // 255 brackets: one full block of counts, which must not wrap to 0.
+  // 255 brackets: one full block of counts, which must not wrap to 0; and
+  // 256 from the first byte, which a 256-byte block would wrap.
   const std::string brackets(255, '[');
   EXPECT_FALSE(h->Decode(absl::StrCat(R"({"a":)", brackets)).ok());
+  EXPECT_EQ(h->reason(), reject::kTooDeep);
+  EXPECT_FALSE(h->Decode(std::string(256, '[')).ok());
   EXPECT_EQ(h->reason(), reject::kTooDeep);
   // Records shorter than max_fields count brackets only: the same.
   auto d =
@@ -119,6 +122,8 @@ TEST(RecordLimitsTest, JsonLimitsHoldPastTheFirstBlocksOfALongRecord) {
       d->Decode(absl::StrCat(R"({"p":")", pad, R"(","a":[[[0]]]})")).ok());
   EXPECT_EQ(d->reason(), reject::kTooDeep);
   EXPECT_FALSE(d->Decode(absl::StrCat(R"({"a":)", brackets)).ok());
+  EXPECT_EQ(d->reason(), reject::kTooDeep);
+  EXPECT_FALSE(d->Decode(std::string(256, '[')).ok());
   EXPECT_EQ(d->reason(), reject::kTooDeep);
   EXPECT_TRUE(
       d->Decode(absl::StrCat(R"({"p":")", pad, R"(","a":[[0]]})")).ok());

@@ -163,8 +163,8 @@ TEST(JsonDecoderTest, KeysMatchOnEveryByteAndTheLength) {
   EXPECT_THAT(h->Get("abcdefghi"), IsMissing());
   EXPECT_THAT(h->Get("abcdefghij.x"), IsInt(5));
   EXPECT_THAT(h->Get("o.abcdefgh"), IsInt(7));
-  // Exact matches, one escaped (unescaped by simdjson, not in the line);
-  // the last key ends right before the line's end.
+  // Exact matches, one escaped ("k\u0065y": unescaped by simdjson, so not
+  // viewed in the line); the last key ends 5 bytes before the line's end.
   ASSERT_TRUE(h->Decode(R"({"abcdefg":1,"abcdefgh":2,"abcdefghi":3,)"
                         R"("key":4,"o":{"abcdefgh":8}})")
                   .ok());
