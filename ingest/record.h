@@ -59,6 +59,20 @@ struct Record {
   uint64_t ack_seq = 0;
 };
 
+// Makes `r` an empty record again, keeping the capacity of its strings (a
+// recycled shell: see RecordSink::TakeRecycled).
+inline void ClearForReuse(Record* r) {
+  r->source.clear();
+  r->kind = 0;
+  r->line = r->offset = r->stream = 0;
+  r->bytes.clear();
+  r->too_long = false;
+  r->length = 0;
+  r->meta.clear();
+  r->acker = nullptr;
+  r->ack_seq = 0;
+}
+
 class RecordSink {
  public:
   virtual ~RecordSink() = default;
@@ -71,6 +85,14 @@ class RecordSink {
   // Admits all of `batch` in order, blocking while the sink is full; false
   // when the sink is stopping, with the records not admitted left in
   // `batch` (the admitted ones are removed from its front).
+  // Record shells the sink has finished with, their buffers (source name,
+  // bytes) still allocated: a source builds its next records in them
+  // instead of allocating two strings per line, which the sink would free
+  // on another thread. Moves up to `max` into `out` (appended, contents
+  // unspecified: ClearForReuse them); returns how many. Default: none.
+  virtual size_t TakeRecycled(std::vector<Record>* out, size_t max) {
+    return 0;
+  }
   virtual bool PushAll(std::vector<Record>* batch) {
     size_t i = 0;
     for (; i < batch->size(); ++i) {

@@ -19,11 +19,11 @@
 #ifndef INVARIANTD_SIDECAR_PIPELINE_H_
 #define INVARIANTD_SIDECAR_PIPELINE_H_
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
-#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -42,6 +42,41 @@
 #include "rules/rule_set.h"
 
 namespace invariantd {
+
+// A FIFO over a power-of-two ring that grows by doubling and never
+// shrinks: once it has held its peak, pushing and popping allocate nothing
+// (std::deque allocates a block every few records of ~150 bytes, and frees
+// it on the popping thread). Popped slots keep moved-from items.
+template <typename T>
+class Ring {
+ public:
+  size_t size() const { return size_; }
+  bool empty() const { return size_ == 0; }
+  T& front() { return slots_[head_]; }
+  void push_back(T&& item) {
+    if (size_ == slots_.size()) Grow();
+    slots_[(head_ + size_) & (slots_.size() - 1)] = std::move(item);
+    ++size_;
+  }
+  void pop_front() {
+    head_ = (head_ + 1) & (slots_.size() - 1);
+    --size_;
+  }
+
+ private:
+  void Grow() {
+    std::vector<T> bigger(std::max<size_t>(16, 2 * slots_.size()));
+    for (size_t i = 0; i < size_; ++i) {
+      bigger[i] = std::move(slots_[(head_ + i) & (slots_.size() - 1)]);
+    }
+    slots_.swap(bigger);
+    head_ = 0;
+  }
+
+  std::vector<T> slots_;
+  size_t head_ = 0;
+  size_t size_ = 0;
+};
 
 // A bounded FIFO with blocking and non-blocking admission. Thread-safe.
 template <typename T>
@@ -143,7 +178,7 @@ class BoundedQueue {
   mutable std::mutex mu_;
   std::condition_variable not_full_;
   std::condition_variable not_empty_;
-  std::deque<T> items_ ABSL_GUARDED_BY(mu_);
+  Ring<T> items_ ABSL_GUARDED_BY(mu_);
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
 };
 
@@ -245,6 +280,7 @@ class Pipeline : public RecordSink {
   bool Push(Record record) override;
   bool TryPushBatch(std::vector<Record>* batch) override;
   bool PushAll(std::vector<Record>* batch) override;
+  size_t TakeRecycled(std::vector<Record>* out, size_t max) override;
 
   // Loads a stored rule-state checkpoint into the engines; before Start.
   // Streams resume after their stored positions: records of a file or
@@ -342,7 +378,15 @@ class Pipeline : public RecordSink {
   std::mutex pool_mu_;
   std::vector<Work*> pool_ ABSL_GUARDED_BY(pool_mu_);
   std::vector<Work*> local_pool_;  // dispatcher thread only
-  uint64_t generation_ = 0;        // of the rule set; bumped by Reload
+  // Records the dispatcher has finished with, handed back to the sources
+  // (TakeRecycled) in batches: at most kMaxRecycled are kept, and none
+  // whose line buffer is over kMaxRecycledBytes.
+  static constexpr size_t kMaxRecycled = 4096;
+  static constexpr size_t kMaxRecycledBytes = 64 << 10;
+  std::mutex recycle_mu_;
+  std::vector<Record> recycled_ ABSL_GUARDED_BY(recycle_mu_);
+  std::vector<Record> recycle_out_;  // dispatcher thread only
+  uint64_t generation_ = 0;          // of the rule set; bumped by Reload
 
   mutable std::mutex stats_mu_;
   PipelineStats stats_ ABSL_GUARDED_BY(stats_mu_);

@@ -548,7 +548,15 @@ FileTailer::PassResult FileTailer::ReadLines(OpenFile& f, bool final) {
     }
     if (!next->has_value()) return PassResult::kEnd;
     const Line& line = **next;
+    // A shell the sink has finished with, when it has one: its buffers
+    // take this line without an allocation.
+    if (shells_.empty()) sink_->TakeRecycled(&shells_, kBatchRecords);
     Record r;
+    if (!shells_.empty()) {
+      r = std::move(shells_.back());
+      shells_.pop_back();
+      ClearForReuse(&r);
+    }
     uint64_t consumed = 0;
     if (f.skip_bytes > 0) {
       // Continuation of an over-long line begun in an earlier pass.

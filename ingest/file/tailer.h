@@ -255,6 +255,7 @@ class FileTailer : public Acker {
   // Reader-thread state.
   std::vector<std::unique_ptr<OpenFile>> files_;
   std::vector<Record> batch_;        // read, not yet delivered
+  std::vector<Record> shells_;       // recycled by the sink, to build in
   std::vector<uint64_t> batch_end_;  // offset after each line of batch_
   absl::flat_hash_map<int, std::string> watch_paths_;  // wd -> dir
   absl::flat_hash_set<std::string> watched_dirs_;

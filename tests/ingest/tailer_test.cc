@@ -59,6 +59,38 @@ class TestSink : public RecordSink {
   }
   bool TryPushBatch(std::vector<Record>*) override { return false; }
 
+  // From now on TakeRecycled hands out shells full of stale data, as a
+  // sink that reuses records does: the tailer must overwrite all of it.
+  void GiveDirtyShells() {
+    std::lock_guard<std::mutex> l(mu_);
+    dirty_ = true;
+  }
+  size_t TakeRecycled(std::vector<Record>* out, size_t max) override {
+    std::lock_guard<std::mutex> l(mu_);
+    if (!dirty_) return 0;
+    for (size_t i = 0; i < max; ++i) {
+      Record r;
+      r.source = std::string(100, 's');
+      r.kind = 2;
+      r.line = 99;
+      r.offset = 77;
+      r.stream = 5;
+      r.bytes = std::string(500, 'b');
+      r.too_long = i % 2 == 0;
+      r.length = 12345;
+      r.meta = {{"key", "stale"}};
+      r.acker = reinterpret_cast<Acker*>(uintptr_t{0x10});
+      r.ack_seq = 42;
+      out->push_back(std::move(r));
+    }
+    shells_given_ += max;
+    return max;
+  }
+  size_t shells_given() const {
+    std::lock_guard<std::mutex> l(mu_);
+    return shells_given_;
+  }
+
   // Waits until at least n records have been admitted.
   bool WaitFor(size_t n) {
     std::unique_lock<std::mutex> l(mu_);
@@ -91,6 +123,8 @@ class TestSink : public RecordSink {
   std::vector<Record> records_;
   size_t released_ = 0;
   bool closed_ = false;
+  bool dirty_ = false;
+  size_t shells_given_ = 0;
 };
 
 // Polls `cond` until it holds or the (generous) deadline passes.
@@ -324,6 +358,32 @@ TEST_P(TailerTest, SkipsTooLongLinesWithoutLosingSync) {
                           Got{P("a.log"), 4, 110, "", true, 72},
                           G(P("a.log"), 5, 183, "end")));
   EXPECT_EQ(tailer.Stats().too_long, 2u);
+}
+
+// Records built in recycled shells carry nothing of their previous use.
+TEST_P(TailerTest, RecycledRecordsAreBuiltFromScratch) {
+  TailerOptions options = Options({P("*.log")});
+  options.max_line_bytes = 16;
+  TestSink sink;
+  sink.GiveDirtyShells();
+  FileTailer tailer(options, &sink, notices_.Fn());
+  ASSERT_TRUE(tailer.Start().ok());
+  Append(P("a.log"), absl::StrCat("ok\n", std::string(100, 'x'), "\n\nend\n"));
+  ASSERT_TRUE(sink.WaitFor(4));
+  tailer.Stop();
+  EXPECT_GT(sink.shells_given(), 0u);
+  const std::vector<Record> records = sink.records();
+  EXPECT_THAT(Gots(records), ElementsAre(G(P("a.log"), 1, 0, "ok"),
+                                         Got{P("a.log"), 2, 3, "", true, 100},
+                                         G(P("a.log"), 3, 104, ""),
+                                         G(P("a.log"), 4, 105, "end")));
+  for (const Record& r : records) {
+    EXPECT_EQ(r.kind, 0);
+    EXPECT_EQ(r.acker, &tailer);
+    EXPECT_NE(r.ack_seq, 42u);
+    EXPECT_NE(r.stream, 5u);
+    EXPECT_THAT(r.meta, IsEmpty());
+  }
 }
 
 TEST_P(TailerTest, RotationByRenameAndCreateLosesAndRepeatsNothing) {

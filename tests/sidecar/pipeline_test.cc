@@ -4,6 +4,7 @@
 #include "sidecar/pipeline.h"
 
 #include <atomic>
+#include <deque>
 #include <map>
 #include <mutex>
 #include <set>
@@ -103,6 +104,75 @@ PipelineRun RunPipeline(const std::vector<std::string>& lines, int workers) {
   run.acks = acker.acks();
   run.stats = (*p)->Stats();
   return run;
+}
+
+// The queues' ring against std::deque, after every step: pushes and pops
+// in any order, so growth happens with the contents wrapped around.
+RC_GTEST_PROP(RingProperty, BehavesAsADeque, ()) {
+  const auto ops = *rc::gen::container<std::vector<int>>(
+      rc::gen::inRange(0, 3));  // 0, 1: push; 2: pop
+  Ring<std::string> ring;
+  std::deque<std::string> model;
+  int next = 0;
+  for (int op : ops) {
+    if (op < 2) {
+      std::string s = absl::StrCat("item-with-a-heap-buffer-", next++);
+      model.push_back(s);
+      ring.push_back(std::move(s));
+    } else if (!model.empty()) {
+      RC_ASSERT(ring.front() == model.front());
+      ring.pop_front();
+      model.pop_front();
+    }
+    RC_ASSERT(ring.size() == model.size());
+    RC_ASSERT(ring.empty() == model.empty());
+    if (!model.empty()) RC_ASSERT(ring.front() == model.front());
+  }
+  while (!model.empty()) {
+    RC_ASSERT(ring.front() == model.front());
+    ring.pop_front();
+    model.pop_front();
+  }
+  RC_ASSERT(ring.empty());
+}
+
+// Finished records go back to the sources with their buffers, boundedly:
+// at most 4096 are kept, none with a line buffer over 64 KiB.
+TEST(PipelineTest, FinishedRecordsAreRecycledBoundedly) {
+  PipelineOptions o;
+  o.workers = 1;
+  auto p = Pipeline::Create(Rules(), o, [](const Violation&) {});
+  ASSERT_TRUE(p.ok());
+  CountingAcker acker;
+  (*p)->Start();
+  const std::string line =
+      absl::StrCat(R"({"k":1,"v":2,"pad":")", std::string(1000, 'x'), R"("})");
+  const std::string huge = absl::StrCat(R"({"k":1,"v":3,"pad":")",
+                                        std::string(100 << 10, 'x'), R"("})");
+  for (uint64_t i = 1; i <= 6000; ++i) {
+    Record r;
+    r.source = "a-source-name-longer-than-sso";
+    r.line = i;
+    r.bytes = i % 1000 == 0 ? huge : line;
+    r.length = r.bytes.size();
+    r.acker = &acker;
+    r.ack_seq = i;
+    ASSERT_TRUE((*p)->Push(std::move(r)));
+  }
+  (*p)->Stop();
+  EXPECT_EQ(acker.acks().size(), 6000u);
+  std::vector<Record> shells;
+  const size_t n = (*p)->TakeRecycled(&shells, 1000000);
+  EXPECT_EQ(n, shells.size());
+  EXPECT_GT(n, 1000u);
+  EXPECT_LE(n, 4096u);
+  size_t with_buffers = 0;
+  for (const Record& r : shells) {
+    EXPECT_LE(r.bytes.capacity(), size_t{64} << 10);
+    if (r.bytes.capacity() >= line.size()) ++with_buffers;
+  }
+  EXPECT_GT(with_buffers, 1000u);
+  EXPECT_EQ((*p)->TakeRecycled(&shells, 1000000), 0u);  // handed out once
 }
 
 rc::Gen<std::string> GenLine() {
