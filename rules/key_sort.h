@@ -25,6 +25,11 @@
 
 namespace invariantd {
 
+// Above this many keys the sort works in place (std::sort): a drain that
+// large is a flood of new keys, where memory matters more than the pause,
+// and the bucket pass would need a second copy of all of them.
+inline constexpr size_t kMaxBucketSortKeys = size_t{1} << 16;
+
 inline bool KeyLess(const Hash128& a, const Hash128& b) {
   return a.lo != b.lo ? a.lo < b.lo : a.hi < b.hi;
 }
@@ -38,10 +43,10 @@ inline bool SortUniqueKeys(std::vector<Hash128>* keys,
   std::vector<Hash128>& v = *keys;
   const size_t n = v.size();
   bool fell_back = false;
-  if (n < 64) {
+  if (n < 64 || n > kMaxBucketSortKeys) {
     std::sort(v.begin(), v.end(), KeyLess);
   } else {
-    const int bits = std::min(20, static_cast<int>(std::bit_width(n)));
+    const int bits = static_cast<int>(std::bit_width(n));
     const int shift = 64 - bits;
     counts->assign((size_t{1} << bits) + 1, 0);
     uint32_t* c = counts->data();

@@ -211,8 +211,8 @@ class KeyTable {
   // erases; DrainChanges(f) calls f(key, state) for each such key -- state
   // null when the key is no longer present -- and starts a new interval.
   // Costs one comparison per lookup and 16 bytes per key first changed in
-  // an interval, plus as much again and up to 4 MiB of counters while a
-  // drain sorts them (kept between drains up to kKeepSortBytes). When more keys
+  // an interval, plus up to 1.5 MiB while a drain sorts them (larger
+  // drains sort in place; rules/key_sort.h). When more keys
   // changed than a sequential pass over the slots costs (a quarter of the
   // capacity), the drain scans the arrays for slots touched since the last
   // drain instead of looking each key up; otherwise it looks them up in

@@ -213,7 +213,9 @@ size_t Pipeline::TakeRecycled(std::vector<Record>* out, size_t max) {
   std::lock_guard<std::mutex> l(recycle_mu_);
   const size_t n = std::min(max, recycled_.size());
   for (size_t i = 0; i < n; ++i) {
-    out->push_back(std::move(recycled_.back()));
+    Record& r = recycled_.back();
+    recycled_bytes_ -= r.bytes.capacity() + r.source.capacity();
+    out->push_back(std::move(r));
     recycled_.pop_back();
   }
   return n;
@@ -331,7 +333,12 @@ void Pipeline::Dispatch(Record record,
     {
       std::lock_guard<std::mutex> l(recycle_mu_);
       for (Record& r : recycle_out_) {
-        if (recycled_.size() >= kMaxRecycled) break;
+        const size_t bytes = r.bytes.capacity() + r.source.capacity();
+        if (recycled_.size() >= kMaxRecycled ||
+            recycled_bytes_ + bytes > kMaxRecycledTotal) {
+          break;
+        }
+        recycled_bytes_ += bytes;
         recycled_.push_back(std::move(r));
       }
     }

@@ -379,12 +379,15 @@ class Pipeline : public RecordSink {
   std::vector<Work*> pool_ ABSL_GUARDED_BY(pool_mu_);
   std::vector<Work*> local_pool_;  // dispatcher thread only
   // Records the dispatcher has finished with, handed back to the sources
-  // (TakeRecycled) in batches: at most kMaxRecycled are kept, and none
-  // whose line buffer is over kMaxRecycledBytes.
+  // (TakeRecycled) in batches: at most kMaxRecycled records and
+  // kMaxRecycledTotal bytes of buffers are kept, and no record whose line
+  // buffer is over kMaxRecycledBytes.
   static constexpr size_t kMaxRecycled = 4096;
-  static constexpr size_t kMaxRecycledBytes = 64 << 10;
+  static constexpr size_t kMaxRecycledBytes = 16 << 10;
+  static constexpr size_t kMaxRecycledTotal = 4 << 20;
   std::mutex recycle_mu_;
   std::vector<Record> recycled_ ABSL_GUARDED_BY(recycle_mu_);
+  size_t recycled_bytes_ ABSL_GUARDED_BY(recycle_mu_) = 0;
   std::vector<Record> recycle_out_;  // dispatcher thread only
   uint64_t generation_ = 0;          // of the rule set; bumped by Reload
 

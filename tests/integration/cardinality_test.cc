@@ -221,9 +221,11 @@ TEST_F(CardinalityTest, MillionsOfKeysStayInTheBudgetAndAreCountedExactly) {
   // Peak RSS: what the process held before the flood, the state budget,
   // the checkpoints that may wait for the disk (64 MiB) and working memory
   // at full load (queues, request bodies, SQLite caches, allocator slack:
-  // 96 MiB; measured 167 MiB in all). Without the budget the same run
-  // peaks at about 540 MiB.
-  const uint64_t cap_kib = baseline_kib + kBudget / 1024 + (64 + 96) * 1024;
+  // 160 MiB). Measured 161-203 MiB in all on an idle machine, and 240 MiB
+  // with two compilers running beside it: the faster the daemon drains
+  // its queues, the more checkpoints wait for a slow disk at the peak.
+  // Without the budget the same run peaks at about 540 MiB.
+  const uint64_t cap_kib = baseline_kib + kBudget / 1024 + (64 + 160) * 1024;
   EXPECT_LE(peak_kib, cap_kib) << "baseline " << baseline_kib << " KiB";
   RecordProperty("peak_rss_kib", static_cast<int>(peak_kib));
   RecordProperty("baseline_rss_kib", static_cast<int>(baseline_kib));

@@ -68,7 +68,8 @@ TEST(SortUniqueKeysTest, ReusesItsWorkingMemory) {
   std::vector<Hash128> scratch;
   std::vector<uint32_t> counts;
   std::mt19937_64 rng(3);
-  for (size_t n : {size_t{100}, size_t{3000}, size_t{0}, size_t{70}}) {
+  for (size_t n : {size_t{100}, size_t{3000}, size_t{0}, size_t{70},
+                   kMaxBucketSortKeys + 1}) {
     std::vector<Hash128> v;
     for (size_t i = 0; i < n; ++i) v.push_back(Key(rng(), rng()));
     const std::vector<Hash128> want = Reference(v);

@@ -137,7 +137,8 @@ RC_GTEST_PROP(RingProperty, BehavesAsADeque, ()) {
 }
 
 // Finished records go back to the sources with their buffers, boundedly:
-// at most 4096 are kept, none with a line buffer over 64 KiB.
+// at most 4096 records and 4 MiB of buffers are kept, none with a line
+// buffer over 16 KiB.
 TEST(PipelineTest, FinishedRecordsAreRecycledBoundedly) {
   PipelineOptions o;
   o.workers = 1;
@@ -148,7 +149,7 @@ TEST(PipelineTest, FinishedRecordsAreRecycledBoundedly) {
   const std::string line =
       absl::StrCat(R"({"k":1,"v":2,"pad":")", std::string(1000, 'x'), R"("})");
   const std::string huge = absl::StrCat(R"({"k":1,"v":3,"pad":")",
-                                        std::string(100 << 10, 'x'), R"("})");
+                                        std::string(20 << 10, 'x'), R"("})");
   for (uint64_t i = 1; i <= 6000; ++i) {
     Record r;
     r.source = "a-source-name-longer-than-sso";
@@ -167,11 +168,14 @@ TEST(PipelineTest, FinishedRecordsAreRecycledBoundedly) {
   EXPECT_GT(n, 1000u);
   EXPECT_LE(n, 4096u);
   size_t with_buffers = 0;
+  size_t bytes = 0;
   for (const Record& r : shells) {
-    EXPECT_LE(r.bytes.capacity(), size_t{64} << 10);
+    EXPECT_LE(r.bytes.capacity(), size_t{16} << 10);
     if (r.bytes.capacity() >= line.size()) ++with_buffers;
+    bytes += r.bytes.capacity() + r.source.capacity();
   }
   EXPECT_GT(with_buffers, 1000u);
+  EXPECT_LE(bytes, size_t{4} << 20);
   EXPECT_EQ((*p)->TakeRecycled(&shells, 1000000), 0u);  // handed out once
 }
 
