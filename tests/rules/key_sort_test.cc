@@ -11,13 +11,6 @@
 namespace invariantd {
 namespace {
 
-Hash128 Key(uint64_t lo, uint64_t hi) {
-  Hash128 h;
-  h.lo = lo;
-  h.hi = hi;
-  return h;
-}
-
 std::vector<Hash128> Reference(std::vector<Hash128> v) {
   std::sort(v.begin(), v.end(), KeyLess);
   v.erase(std::unique(v.begin(), v.end()), v.end());
@@ -35,13 +28,13 @@ std::vector<Hash128> Sorted(std::vector<Hash128> v, bool* fell_back = nullptr) {
 TEST(SortUniqueKeysTest, OrdersByLoThenHiAndDropsDuplicates) {
   std::mt19937_64 rng(7);
   std::vector<Hash128> v;
-  for (int i = 0; i < 5000; ++i) v.push_back(Key(rng(), rng()));
+  for (int i = 0; i < 5000; ++i) v.push_back(Hash128{rng(), rng()});
   for (int i = 0; i < 5000; i += 3) v.push_back(v[static_cast<size_t>(i)]);
   // Equal lo, different hi; and the extremes of lo.
-  v.push_back(Key(42, 2));
-  v.push_back(Key(42, 1));
-  v.push_back(Key(UINT64_MAX, 0));
-  v.push_back(Key(0, UINT64_MAX));
+  v.push_back(Hash128{42, 2});
+  v.push_back(Hash128{42, 1});
+  v.push_back(Hash128{UINT64_MAX, 0});
+  v.push_back(Hash128{0, UINT64_MAX});
   const std::vector<Hash128> want = Reference(v);
   bool fell_back = true;
   const std::vector<Hash128> got = Sorted(v, &fell_back);
@@ -56,7 +49,7 @@ TEST(SortUniqueKeysTest, OneCrowdedBucketStillSortsCorrectly) {
   std::mt19937_64 rng(9);
   std::vector<Hash128> v;
   for (int i = 0; i < 20000; ++i) {
-    v.push_back(Key(rng() >> 24, rng()));  // top 24 bits zero
+    v.push_back(Hash128{rng() >> 24, rng()});  // top 24 bits zero
   }
   const std::vector<Hash128> want = Reference(v);
   bool fell_back = false;
@@ -71,7 +64,7 @@ TEST(SortUniqueKeysTest, ReusesItsWorkingMemory) {
   for (size_t n : {size_t{100}, size_t{3000}, size_t{0}, size_t{70},
                    kMaxBucketSortKeys + 1}) {
     std::vector<Hash128> v;
-    for (size_t i = 0; i < n; ++i) v.push_back(Key(rng(), rng()));
+    for (size_t i = 0; i < n; ++i) v.push_back(Hash128{rng(), rng()});
     const std::vector<Hash128> want = Reference(v);
     SortUniqueKeys(&v, &scratch, &counts);
     EXPECT_TRUE(v == want) << n;
@@ -89,7 +82,7 @@ RC_GTEST_PROP(SortUniqueKeysProperty, MatchesSortAndUnique, ()) {
                               rc::gen::inRange<uint8_t>(0, 4)));
   std::vector<Hash128> v;
   for (const auto& [lo, hi] : raw) {
-    v.push_back(Key(((lo_top + lo % 3) << 61) | lo, hi));
+    v.push_back(Hash128{((lo_top + lo % 3) << 61) | lo, hi});
   }
   RC_ASSERT(Sorted(v) == Reference(v));
 }
