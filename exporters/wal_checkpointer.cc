@@ -63,6 +63,7 @@ int WalCheckpointer::Hook(void* self, sqlite3* /*db*/, const char* /*name*/,
 }
 
 void WalCheckpointer::Run() {
+  NameThisThread("inv-walckpt");
   LowerThisThreadPriority();  // never ahead of the commits it serves
   std::unique_lock<std::mutex> l(mu_);
   while (true) {

@@ -785,6 +785,7 @@ bool App::Reload(std::string_view why) {
 }
 
 void App::Housekeeping() {
+  NameThisThread("inv-housekeep");
   LowerThisThreadPriority();  // metrics, positions file, reload checks
   std::unique_lock<std::mutex> l(mu_);
   while (!stop_requested_) {
@@ -1036,6 +1037,7 @@ int RunDaemon(const RunConfig& config) {
     return kExitError;
   }
   std::thread signals([&] {
+    NameThisThread("inv-signals");
     while (true) {
       int sig = 0;
       if (sigwait(&set, &sig) != 0) continue;

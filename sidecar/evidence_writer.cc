@@ -26,8 +26,15 @@ EvidenceWriter::~EvidenceWriter() { Stop(); }
 void EvidenceWriter::Start() {
   if (started_) return;
   started_ = true;
-  thread_ = std::thread([this] { Run(); });
-  if (state_) state_thread_ = std::thread([this] { RunState(); });
+  thread_ = std::thread([this] {
+    NameThisThread("inv-evidence");
+    Run();
+  });
+  if (state_)
+    state_thread_ = std::thread([this] {
+      NameThisThread("inv-state");
+      RunState();
+    });
 }
 
 bool EvidenceWriter::Stop(std::chrono::steady_clock::time_point deadline) {

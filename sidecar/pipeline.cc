@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "sidecar/core/thread_priority.h"
 #include "sidecar/replayer.h"
 
 namespace invariantd {
@@ -146,9 +147,15 @@ void Pipeline::Start() {
   for (auto& w : workers_) {
     Worker* raw = w.get();
     raw->last_publish = std::chrono::steady_clock::now();
-    raw->thread = std::thread([this, raw] { WorkerLoop(raw); });
+    raw->thread = std::thread([this, raw] {
+      NameThisThread(absl::StrCat("inv-worker-", raw->index));
+      WorkerLoop(raw);
+    });
   }
-  dispatcher_ = std::thread([this] { DispatchLoop(); });
+  dispatcher_ = std::thread([this] {
+    NameThisThread("inv-dispatch");
+    DispatchLoop();
+  });
 }
 
 void Pipeline::Stop() {

@@ -17,6 +17,7 @@
 #include "nlohmann/json.hpp"
 #include "sidecar/core/sanitize.h"
 #include "sidecar/core/strings.h"
+#include "sidecar/core/thread_priority.h"
 
 namespace invariantd {
 
@@ -144,7 +145,10 @@ void Pager::SetExternalUrl(std::string url) {
 
 void Pager::Start() {
   abort_at_ns_ = std::numeric_limits<int64_t>::max();
-  thread_ = std::thread([this] { Run(); });
+  thread_ = std::thread([this] {
+    NameThisThread("inv-pager");
+    Run();
+  });
 }
 
 void Pager::Stop(std::chrono::steady_clock::time_point deadline) {

@@ -21,6 +21,7 @@
 #include "sidecar/core/event.h"
 #include "sidecar/core/hash.h"
 #include "sidecar/core/strings.h"
+#include "sidecar/core/thread_priority.h"
 
 namespace invariantd {
 namespace {
@@ -142,7 +143,10 @@ absl::Status FileTailer::Start() {
     inotify_fd_ = ::inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
     if (inotify_fd_ < 0) inotify_errno_ = errno;
   }
-  thread_ = std::thread(&FileTailer::Run, this);
+  thread_ = std::thread([this] {
+    NameThisThread("inv-tail");
+    Run();
+  });
   return absl::OkStatus();
 }
 

@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "sidecar/core/sanitize.h"
 #include "sidecar/core/strings.h"
+#include "sidecar/core/thread_priority.h"
 
 namespace invariantd {
 namespace {
@@ -183,7 +184,10 @@ absl::Status KafkaSource::Start() {
   }
   rk_ = rk;
   started_ = true;
-  thread_ = std::thread([this] { PollLoop(); });
+  thread_ = std::thread([this] {
+    NameThisThread("inv-kafka");
+    PollLoop();
+  });
   return absl::OkStatus();
 }
 

@@ -1,6 +1,8 @@
-// Scheduling priority of background threads.
+// Scheduling priority and names of the daemon's threads.
 #ifndef INVARIANTD_SIDECAR_CORE_THREAD_PRIORITY_H_
 #define INVARIANTD_SIDECAR_CORE_THREAD_PRIORITY_H_
+
+#include <string_view>
 
 namespace invariantd {
 
@@ -16,6 +18,12 @@ inline constexpr int kBackgroundNice = 10;
 // Lowers the calling thread's priority to kBackgroundNice. Best effort:
 // returns false where the platform cannot (the thread runs on unchanged).
 bool LowerThisThreadPriority();
+
+// Names the calling thread (what `top -H`, `ps -L`, perf and gdb show),
+// cut to the kernel's 15 bytes. Every long-lived thread of the daemon is
+// named "inv-<role>" (docs/operations.md lists them). Best effort, like
+// the priority.
+bool NameThisThread(std::string_view name);
 
 }  // namespace invariantd
 

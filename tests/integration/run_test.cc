@@ -27,6 +27,18 @@ using ::testing::HasSubstr;
 using Json = nlohmann::json;
 namespace fs = std::filesystem;
 
+// The names of a process's threads (/proc/PID/task/*/comm).
+std::vector<std::string> ThreadNames(pid_t pid) {
+  std::vector<std::string> names;
+  for (const auto& t : fs::directory_iterator(fs::path("/proc") /
+                                              std::to_string(pid) / "task")) {
+    std::ifstream in(t.path() / "comm");
+    std::string name;
+    if (std::getline(in, name)) names.push_back(name);
+  }
+  return names;
+}
+
 class RunTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -114,6 +126,12 @@ TEST_F(RunTest, HttpIngestMetricsAndHealth) {
   EXPECT_THAT(out, HasSubstr("ok"));
   out.clear();
   EXPECT_EQ(Shell(absl::StrCat("curl -sf ", Url("/readyz")), &out), 0) << out;
+  // Every long-lived thread is named for `top -H` (docs/operations.md).
+  EXPECT_THAT(
+      ThreadNames(c->pid()),
+      ::testing::IsSupersetOf({"inv-tail", "inv-dispatch", "inv-worker-0",
+                               "inv-worker-1", "inv-evidence", "inv-state",
+                               "inv-walckpt", "inv-housekeep", "inv-signals"}));
   // Push two events that regress a term, waiting until they are processed.
   const std::string body = fs::path(dir_ / "body.ndjson").string();
   {
