@@ -218,6 +218,8 @@ App::~App() { StopAll(); }
 int App::port() const { return s_->http ? s_->http->port() : 0; }
 
 absl::Status App::Start() {
+  // Before any thread of the path starts (sidecar/core/thread_priority.h).
+  SetViolationPathSlice(config_.scheduler_slice_us);
   LogLevel level;
   if (!ParseLogLevel(config_.log_level, &level)) {
     return absl::InvalidArgumentError(
@@ -679,7 +681,11 @@ absl::Status App::Start() {
   Log(LogLevel::kInfo, "started",
       {{"workers", absl::StrCat(config_.workers)},
        {"tail", absl::StrJoin(config_.tail, ",")},
-       {"kafka_topics", absl::StrJoin(config_.kafka_topics, ",")}});
+       {"kafka_topics", absl::StrJoin(config_.kafka_topics, ",")},
+       {"scheduler_slice_us",
+        config_.scheduler_slice_us > 0 && ViolationPathSliceTakes()
+            ? absl::StrCat(config_.scheduler_slice_us)
+            : "kernel default"}});
   return absl::OkStatus();
 }
 

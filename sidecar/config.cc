@@ -189,6 +189,7 @@ absl::Status LoadRunConfig(const std::string& path, RunConfig* c) {
        {"stdout", r.Bool(&c->stdout_violations)},
        {"log_level", r.String(&c->log_level)},
        {"queue_capacity", r.Int(&c->queue_capacity, 16, 1 << 24)},
+       {"scheduler_slice_us", r.Int(&c->scheduler_slice_us, 0, 100000)},
        {"shutdown_timeout_ms", r.Int(&c->shutdown_timeout_ms, 0, 600000)},
        {"checkpoint_interval_ms",
         r.Int(&c->checkpoint_interval_ms, 10, 600000)},

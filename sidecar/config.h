@@ -14,6 +14,7 @@
 
 #include "absl/status/statusor.h"
 #include "rules/rule_set.h"
+#include "sidecar/core/thread_priority.h"
 #include "sidecar/redactor.h"
 
 namespace invariantd {
@@ -34,6 +35,9 @@ struct RunConfig {
   size_t max_string_bytes = 256 << 10;  // per string value
   size_t dedupe_window = 1 << 16;
   size_t queue_capacity = 65536;
+  // Scheduler slice of the threads on a violation's path, in microseconds
+  // (0: the kernel's default); sidecar/core/thread_priority.h.
+  int scheduler_slice_us = kDefaultViolationPathSliceUs;
   // file tail
   std::vector<std::string> tail;
   int tail_poll_interval_ms = 200;

@@ -28,6 +28,7 @@ void EvidenceWriter::Start() {
   started_ = true;
   thread_ = std::thread([this] {
     NameThisThread("inv-evidence");
+    JoinViolationPath();  // sidecar/core/thread_priority.h
     Run();
   });
   if (state_)

@@ -149,11 +149,13 @@ void Pipeline::Start() {
     raw->last_publish = std::chrono::steady_clock::now();
     raw->thread = std::thread([this, raw] {
       NameThisThread(absl::StrCat("inv-worker-", raw->index));
+      JoinViolationPath();  // sidecar/core/thread_priority.h
       WorkerLoop(raw);
     });
   }
   dispatcher_ = std::thread([this] {
     NameThisThread("inv-dispatch");
+    JoinViolationPath();  // sidecar/core/thread_priority.h
     DispatchLoop();
   });
 }

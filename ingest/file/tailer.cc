@@ -145,6 +145,7 @@ absl::Status FileTailer::Start() {
   }
   thread_ = std::thread([this] {
     NameThisThread("inv-tail");
+    JoinViolationPath();  // sidecar/core/thread_priority.h
     Run();
   });
   return absl::OkStatus();

@@ -186,6 +186,7 @@ absl::Status KafkaSource::Start() {
   started_ = true;
   thread_ = std::thread([this] {
     NameThisThread("inv-kafka");
+    JoinViolationPath();  // sidecar/core/thread_priority.h
     PollLoop();
   });
   return absl::OkStatus();

@@ -1,7 +1,11 @@
 #include "sidecar/core/thread_priority.h"
 
 #include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstring>
 #include <string>
+#include <thread>
 
 #if defined(__linux__)
 #include <pthread.h>
@@ -11,6 +15,29 @@
 #endif
 
 namespace invariantd {
+namespace {
+
+std::atomic<int> path_slice_us{0};
+
+#if defined(__linux__)
+// struct sched_attr of the sched_setattr(2) system call (glibc 2.36 has no
+// wrapper or declaration).
+struct SchedAttr {
+  uint32_t size;
+  uint32_t sched_policy;
+  uint64_t sched_flags;
+  int32_t sched_nice;
+  uint32_t sched_priority;
+  uint64_t sched_runtime;
+  uint64_t sched_deadline;
+  uint64_t sched_period;
+  uint32_t sched_util_min;
+  uint32_t sched_util_max;
+};
+constexpr uint32_t kSchedOther = 0;
+#endif
+
+}  // namespace
 
 bool LowerThisThreadPriority() {
 #if defined(__linux__)
@@ -32,6 +59,50 @@ bool NameThisThread(std::string_view name) {
 #else
   return false;
 #endif
+}
+
+void SetViolationPathSlice(int microseconds) {
+  path_slice_us.store(std::max(microseconds, 0), std::memory_order_relaxed);
+}
+
+int ViolationPathSlice() {
+  return path_slice_us.load(std::memory_order_relaxed);
+}
+
+bool JoinViolationPath() {
+  const int us = ViolationPathSlice();
+  if (us <= 0) return false;
+#if defined(__linux__) && defined(SYS_sched_setattr) && \
+    defined(SYS_sched_getattr)
+  SchedAttr attr;
+  std::memset(&attr, 0, sizeof attr);
+  // Read first: sched_setattr sets the nice value too, which must stay.
+  if (::syscall(SYS_sched_getattr, 0, &attr, sizeof attr, 0) != 0 ||
+      attr.sched_policy != kSchedOther) {
+    return false;
+  }
+  const uint64_t want = static_cast<uint64_t>(us) * 1000;
+  attr.size = sizeof attr;
+  attr.sched_flags = 0;
+  attr.sched_runtime = want;
+  if (::syscall(SYS_sched_setattr, 0, &attr, 0) != 0) return false;
+  // Kernels before 6.12 accept the call and ignore the runtime of a
+  // SCHED_OTHER task; 6.12+ report the slice back (clamped to 0.1-100 ms).
+  std::memset(&attr, 0, sizeof attr);
+  if (::syscall(SYS_sched_getattr, 0, &attr, sizeof attr, 0) != 0) {
+    return false;
+  }
+  return attr.sched_runtime != 0 && attr.sched_runtime <= want * 2 &&
+         attr.sched_runtime * 2 >= want;
+#else
+  return false;
+#endif
+}
+
+bool ViolationPathSliceTakes() {
+  bool took = false;
+  std::thread([&took] { took = JoinViolationPath(); }).join();
+  return took;
 }
 
 }  // namespace invariantd

@@ -21,9 +21,33 @@ bool LowerThisThreadPriority();
 
 // Names the calling thread (what `top -H`, `ps -L`, perf and gdb show),
 // cut to the kernel's 15 bytes. Every long-lived thread of the daemon is
-// named "inv-<role>" (docs/operations.md lists them). Best effort, like
+// named "inv-<role>" (docs/configuration.md lists them). Best effort, like
 // the priority.
 bool NameThisThread(std::string_view name);
+
+// The scheduler time slice of the threads on the path from an input line
+// to a durable violation (tailer, Kafka poller, dispatcher, workers,
+// evidence writer). Linux's EEVDF scheduler (6.6+) gives every task a
+// slice of 0.7 ms x (1 + log2 CPUs) -- 1.4 ms on two -- and, since 6.12,
+// lets a task ask for a shorter one (sched_setattr's sched_runtime, no
+// privilege needed). A task with a shorter slice gets an earlier virtual
+// deadline, so when it wakes (a line arrived, a violation was handed on)
+// it preempts a task running a long slice instead of waiting for the end
+// of it. On two cores shared with the service, that is most of the tail
+// of the detection latency (docs/benchmarks.md).
+//
+// SetViolationPathSlice sets the slice (microseconds; 0: the kernel's
+// default) that JoinViolationPath applies to the calling thread; call it
+// before the threads start. JoinViolationPath returns true when the kernel
+// took the slice, false when it is 0 or the kernel ignored it (before
+// 6.12, or not Linux): the thread then runs with the default slice.
+inline constexpr int kDefaultViolationPathSliceUs = 100;
+void SetViolationPathSlice(int microseconds);
+int ViolationPathSlice();
+bool JoinViolationPath();
+// Whether a thread joining the path now gets the slice (asks the kernel
+// from a short-lived thread of its own; for the start-up log).
+bool ViolationPathSliceTakes();
 
 }  // namespace invariantd
 

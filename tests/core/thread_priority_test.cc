@@ -2,8 +2,12 @@
 
 #include <pthread.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
+#include <sys/utsname.h>
 #include <unistd.h>
 
+#include <cstdint>
+#include <cstdio>
 #include <string>
 #include <thread>
 
@@ -50,6 +54,76 @@ TEST(ThreadPriorityTest, LowersOnlyTheCallingThread) {
   t.join();
   EXPECT_EQ(lowered, kBackgroundNice);
   EXPECT_EQ(getpriority(PRIO_PROCESS, 0), before);
+}
+
+// The slice and nice value the kernel reports for the calling thread.
+struct Sched {
+  uint64_t runtime_ns = 0;
+  int nice = 0;
+};
+Sched SchedOfThisThread() {
+  struct {
+    uint32_t size, policy;
+    uint64_t flags;
+    int32_t nice;
+    uint32_t priority;
+    uint64_t runtime, deadline, period;
+    uint32_t util_min, util_max;
+  } attr{};
+  EXPECT_EQ(syscall(SYS_sched_getattr, 0, &attr, sizeof attr, 0), 0);
+  return Sched{attr.runtime, attr.nice};
+}
+
+// Linux 6.12 and later take a SCHED_OTHER task's custom slice.
+bool KernelTakesSlices() {
+  utsname u{};
+  if (uname(&u) != 0) return false;
+  int major = 0;
+  int minor = 0;
+  if (std::sscanf(u.release, "%d.%d", &major, &minor) != 2) return false;
+  return major > 6 || (major == 6 && minor >= 12);
+}
+
+TEST(ViolationPathSliceTest, ThreadsOnThePathGetTheSliceAndKeepTheirNice) {
+  SetViolationPathSlice(250);
+  bool joined = false;
+  Sched before;
+  Sched after;
+  std::thread t([&] {
+    ASSERT_TRUE(LowerThisThreadPriority());
+    before = SchedOfThisThread();
+    joined = JoinViolationPath();
+    after = SchedOfThisThread();
+  });
+  t.join();
+  SetViolationPathSlice(0);
+  EXPECT_EQ(after.nice, kBackgroundNice);  // sched_setattr kept it
+  if (KernelTakesSlices()) {
+    EXPECT_TRUE(joined);
+    EXPECT_EQ(after.runtime_ns, 250'000u);
+    EXPECT_NE(before.runtime_ns, 250'000u);
+  } else {
+    EXPECT_FALSE(joined);  // accepted and ignored: reported as not taken
+    EXPECT_EQ(after.runtime_ns, before.runtime_ns);
+  }
+  EXPECT_EQ(ViolationPathSliceTakes(), false);  // the slice is 0 now
+}
+
+TEST(ViolationPathSliceTest, ZeroLeavesTheKernelsDefault) {
+  SetViolationPathSlice(0);
+  Sched before;
+  Sched after;
+  bool joined = true;
+  std::thread t([&] {
+    before = SchedOfThisThread();
+    joined = JoinViolationPath();
+    after = SchedOfThisThread();
+  });
+  t.join();
+  EXPECT_FALSE(joined);
+  EXPECT_EQ(after.runtime_ns, before.runtime_ns);
+  SetViolationPathSlice(-5);  // clamped to 0
+  EXPECT_EQ(ViolationPathSlice(), 0);
 }
 
 }  // namespace

@@ -30,6 +30,7 @@ listen: 0.0.0.0:9000
 data_dir: /var/lib/invariantd
 workers: 4
 stdout: false
+scheduler_slice_us: 250
 input: {format: logfmt, max_line_bytes: 4096, dedupe_window: 10,
         max_depth: 8, max_fields: 100, max_string_bytes: 1000}
 state: {max_bytes: 0}
@@ -46,6 +47,8 @@ kafka: {brokers: "k:9092", topics: [raft], group: g, config: {client.id: x}}
   EXPECT_EQ(c.listen, "0.0.0.0:9000");
   EXPECT_EQ(c.workers, 4);
   EXPECT_FALSE(c.stdout_violations);
+  EXPECT_EQ(c.scheduler_slice_us, 250);
+  EXPECT_EQ(RunConfig().scheduler_slice_us, 100);  // the default
   EXPECT_EQ(c.input_format, "logfmt");
   EXPECT_EQ(c.max_line_bytes, 4096u);
   EXPECT_EQ(c.max_depth, 8);
@@ -68,7 +71,8 @@ kafka: {brokers: "k:9092", topics: [raft], group: g, config: {client.id: x}}
 
 TEST(ConfigTest, AllProblemsAreReportedWithLocations) {
   const std::string path = WriteTemp(
-      "rules: [r.yaml]\nworkerz: 2\nworkers: 999\ntail: {pathz: [a]}\n");
+      "rules: [r.yaml]\nworkerz: 2\nworkers: 999\ntail: {pathz: [a]}\n"
+      "scheduler_slice_us: 200000\n");
   RunConfig c;
   const absl::Status st = LoadRunConfig(path, &c);
   unlink(path.c_str());
@@ -77,6 +81,8 @@ TEST(ConfigTest, AllProblemsAreReportedWithLocations) {
   EXPECT_THAT(msg, HasSubstr(path + ":2:1: unknown key 'workerz'"));
   EXPECT_THAT(msg, HasSubstr(path + ":3:10: expected an integer from 1 to 64"));
   EXPECT_THAT(msg, HasSubstr(path + ":4:8: unknown key 'pathz' in tail"));
+  EXPECT_THAT(msg,
+              HasSubstr(path + ":5:21: expected an integer from 0 to 100000"));
 }
 
 TEST(ConfigTest, RedactRulesAreCheckedWhereTheyAreWritten) {
