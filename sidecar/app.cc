@@ -337,6 +337,12 @@ absl::Status App::Start() {
     EvidenceWriterOptions eopts;
     eopts.commit_interval =
         std::chrono::milliseconds(config_.evidence_commit_interval_ms);
+    eopts.on_commit_seconds = [metrics = s_->metrics.get()](double sec) {
+      metrics->EvidenceCommitLatency(sec);
+    };
+    eopts.on_checkpoint_seconds = [metrics = s_->metrics.get()](double sec) {
+      metrics->StateCheckpointLatency(sec);
+    };
     s_->evidence = std::make_unique<EvidenceWriter>(
         *std::move(store), eopts,
         [s, to_stdout](const EvidenceRecord& r, const std::string& line) {

@@ -7,6 +7,14 @@
 #include "sidecar/core/thread_priority.h"
 
 namespace invariantd {
+namespace {
+
+double SecondsSince(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t)
+      .count();
+}
+
+}  // namespace
 
 EvidenceWriter::EvidenceWriter(std::unique_ptr<EvidenceStore> store,
                                EvidenceWriterOptions options, FreshFn on_fresh,
@@ -195,7 +203,11 @@ void EvidenceWriter::Run() {
 
     records.clear();
     for (Item& item : batch) records.push_back(std::move(item.record));
+    const auto began = std::chrono::steady_clock::now();
     absl::StatusOr<size_t> added = store_->Append(&records);
+    if (added.ok() && options_.on_commit_seconds) {
+      options_.on_commit_seconds(SecondsSince(began));
+    }
     if (!added.ok()) {
       for (size_t i = 0; i < n; ++i) batch[i].record = std::move(records[i]);
       l.lock();
@@ -263,7 +275,11 @@ void EvidenceWriter::RunState() {
     l.unlock();
     write.clear();
     for (const CheckpointItem& c : batch) write.push_back(&c.checkpoint);
+    const auto began = std::chrono::steady_clock::now();
     const absl::Status st = state_->Write(write);
+    if (st.ok() && options_.on_checkpoint_seconds) {
+      options_.on_checkpoint_seconds(SecondsSince(began));
+    }
     l.lock();
     if (!st.ok()) {
       checkpoints_.insert(checkpoints_.begin(),

@@ -56,6 +56,11 @@ struct EvidenceWriterOptions {
   // First retry delay after a failed commit; doubles up to max_backoff.
   std::chrono::milliseconds backoff{50};
   std::chrono::milliseconds max_backoff{5000};
+  // Seconds each successful transaction took, from its first write to the
+  // end of its fsync: an evidence batch (writer thread) and a batch of
+  // rule-state checkpoints (state thread). Optional.
+  std::function<void(double)> on_commit_seconds;
+  std::function<void(double)> on_checkpoint_seconds;
 };
 
 struct EvidenceWriterStats {

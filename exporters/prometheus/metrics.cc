@@ -37,6 +37,12 @@ Histogram::BucketBoundaries EvalBuckets() {
           5e-4, 1e-3,   2.5e-3, 5e-3, 1e-2,   0.1,  1.0};
 }
 
+// Bucket bounds for a transaction with an fsync, in seconds (50us .. 5s).
+Histogram::BucketBoundaries CommitBuckets() {
+  return {5e-5,   1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2,
+          2.5e-2, 5e-2, 0.1,    0.25, 0.5,  1.0,    5.0};
+}
+
 }  // namespace
 
 struct Metrics::Impl {
@@ -77,6 +83,19 @@ struct Metrics::Impl {
                       .Help("Time to evaluate the rules on one event.")
                       .Register(*registry)
                       .Add({}, EvalBuckets())),
+        evidence_commit(
+            prometheus::BuildHistogram()
+                .Name("invariantd_evidence_commit_duration_seconds")
+                .Help("Time of one evidence transaction, fsync included.")
+                .Register(*registry)
+                .Add({}, CommitBuckets())),
+        state_checkpoint(
+            prometheus::BuildHistogram()
+                .Name("invariantd_state_checkpoint_duration_seconds")
+                .Help("Time to write rule-state checkpoints to state.db, "
+                      "fsync included.")
+                .Register(*registry)
+                .Add({}, CommitBuckets())),
         rule_keys(prometheus::BuildGauge()
                       .Name("invariantd_rule_keys")
                       .Help("Keys a rule tracks state for.")
@@ -261,6 +280,8 @@ struct Metrics::Impl {
   Family<Gauge>& kafka_lag;
   Family<Counter>& rule_violations;
   Histogram& rule_eval;
+  Histogram& evidence_commit;
+  Histogram& state_checkpoint;
   Family<Gauge>& rule_keys;
   Family<Counter>& rule_overflow;
   Family<Counter>& redactions;
@@ -480,6 +501,14 @@ void Metrics::AlertsActive(double active, uint64_t resolves_total) {
 
 void Metrics::CheckpointAge(double seconds) {
   impl_->checkpoint_age.Set(seconds);
+}
+
+void Metrics::EvidenceCommitLatency(double seconds) {
+  impl_->evidence_commit.Observe(seconds);
+}
+
+void Metrics::StateCheckpointLatency(double seconds) {
+  impl_->state_checkpoint.Observe(seconds);
 }
 
 void Metrics::Reload(bool ok) {

@@ -101,6 +101,12 @@ class Metrics {
   void AdmissionRejected(std::string_view reason, uint64_t delta = 1);
   // invariantd_checkpoint_age_seconds
   void CheckpointAge(double seconds);
+  // invariantd_evidence_commit_duration_seconds (histogram): one evidence
+  // transaction, fsync included.
+  void EvidenceCommitLatency(double seconds);
+  // invariantd_state_checkpoint_duration_seconds (histogram): one write of
+  // rule-state checkpoints to state.db, fsync included.
+  void StateCheckpointLatency(double seconds);
   // invariantd_evidence_records_total{result="stored"|"duplicate"},
   // invariantd_evidence_commit_failures_total (from running totals),
   // invariantd_evidence_pending, invariantd_evidence_head_seq.

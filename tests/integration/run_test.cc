@@ -162,6 +162,17 @@ TEST_F(RunTest, HttpIngestMetricsAndHealth) {
                "invariantd_rule_violations_total{rule=\"etcd-raft-term-"
                "never-regresses\"") != std::string::npos;
   }));
+  {
+    // The violation's evidence commit was timed (fsync included).
+    std::string m;
+    Shell(absl::StrCat("curl -sf ", Url("/metrics")), &m);
+    int commits = 0;
+    EXPECT_TRUE(RE2::PartialMatch(
+        m, R"re(\ninvariantd_evidence_commit_duration_seconds_count (\d+))re",
+        &commits))
+        << m;
+    EXPECT_GE(commits, 1);
+  }
   if (fs::exists("/usr/bin/promtool")) {
     out.clear();
     EXPECT_EQ(Shell(absl::StrCat("curl -sf ", Url("/metrics"),

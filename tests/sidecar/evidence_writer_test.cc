@@ -66,6 +66,8 @@ struct Observed {
   std::condition_variable cv;
   std::vector<std::string> fresh;  // payloads, in commit order
   std::vector<absl::Status> errors;
+  std::vector<double> commit_seconds;      // on_commit_seconds
+  std::vector<double> checkpoint_seconds;  // on_checkpoint_seconds
 };
 
 std::unique_ptr<EvidenceWriter> MakeWriter(const std::string& path,
@@ -76,6 +78,14 @@ std::unique_ptr<EvidenceWriter> MakeWriter(const std::string& path,
   EvidenceWriterOptions o;
   o.backoff = std::chrono::milliseconds(5);
   o.max_backoff = std::chrono::milliseconds(20);
+  o.on_commit_seconds = [seen](double sec) {
+    std::lock_guard<std::mutex> l(seen->mu);
+    seen->commit_seconds.push_back(sec);
+  };
+  o.on_checkpoint_seconds = [seen](double sec) {
+    std::lock_guard<std::mutex> l(seen->mu);
+    seen->checkpoint_seconds.push_back(sec);
+  };
   // The rule-state checkpoints in their own database next to it.
   auto state = StateStore::Open(path + ".state", false, busy_timeout_ms);
   EXPECT_TRUE(state.ok()) << state.status();
@@ -192,6 +202,10 @@ TEST(EvidenceWriterTest, FailedCommitsHoldAcksAndRetry) {
   std::lock_guard<std::mutex> l(seen.mu);
   EXPECT_EQ(seen.fresh, (std::vector<std::string>{"one", "two"}));
   EXPECT_FALSE(seen.errors.empty());
+  // Only the commits that succeeded are timed, each once.
+  EXPECT_EQ(seen.commit_seconds.size(), w->Stats().commits);
+  EXPECT_GE(seen.commit_seconds.size(), 1u);
+  for (double sec : seen.commit_seconds) EXPECT_GE(sec, 0.0);
 }
 
 // Stop with a deadline while commits keep failing: the records stay
@@ -248,6 +262,13 @@ TEST(EvidenceWriterTest, CheckpointGateWaitsForTheCoveringCheckpoint) {
   EXPECT_EQ(acked_epoch1.load(), 1);
   EXPECT_EQ(w->Stats().checkpoints, 2u);
   EXPECT_EQ(w->UncommittedCheckpoints(), 0u);
+  {
+    // One timing per state transaction (both checkpoints may share one).
+    std::lock_guard<std::mutex> l(seen.mu);
+    EXPECT_GE(seen.checkpoint_seconds.size(), 1u);
+    EXPECT_LE(seen.checkpoint_seconds.size(), 2u);
+    EXPECT_EQ(seen.commit_seconds.size(), w->Stats().commits);
+  }
   // Both images are stored, the full one first.
   auto state = StateStore::Open(path + ".state");
   ASSERT_TRUE(state.ok());
