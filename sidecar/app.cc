@@ -385,6 +385,9 @@ absl::Status App::Start() {
   }
   Metrics* metrics = s_->metrics.get();
   popts.on_eval_latency = [metrics](double s) { metrics->RuleEvalLatency(s); };
+  popts.on_checkpoint_pause = [metrics](double s) {
+    metrics->StateCheckpointPause(s);
+  };
   popts.engine.on_gauge = [metrics](std::string_view rule, std::string_view key,
                                     double value) {
     metrics->ProtocolState(rule, key, value);

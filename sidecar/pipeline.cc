@@ -698,6 +698,9 @@ void Pipeline::SaveAtMarker(Worker* w, Marker* m) {
           m->spec, &m->checkpoint.parts[static_cast<size_t>(w->index) + 1]),
       std::memory_order_relaxed);
   const int64_t ns = (std::chrono::steady_clock::now() - t0).count();
+  if (options_.on_checkpoint_pause) {
+    options_.on_checkpoint_pause(static_cast<double>(ns) / 1e9);
+  }
   int64_t prev = m->save_ns.load(std::memory_order_relaxed);
   while (ns > prev && !m->save_ns.compare_exchange_weak(prev, ns)) {
   }

@@ -187,6 +187,9 @@ struct PipelineOptions {
   // Called with the evaluation time of one sampled event (every 64th per
   // worker), in seconds; from worker threads. Optional.
   std::function<void(double)> on_eval_latency;
+  // Optional: seconds a worker stopped evaluating to hand its rule state
+  // to a checkpoint (each worker, each checkpoint).
+  std::function<void(double)> on_checkpoint_pause;
   size_t queue_capacity = 65536;        // admission queue, records
   size_t worker_queue_capacity = 4096;  // per worker, events
   size_t max_line_bytes = 1 << 20;

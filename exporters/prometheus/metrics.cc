@@ -96,6 +96,13 @@ struct Metrics::Impl {
                       "fsync included.")
                 .Register(*registry)
                 .Add({}, CommitBuckets())),
+        state_pause(
+            prometheus::BuildHistogram()
+                .Name("invariantd_state_checkpoint_pause_seconds")
+                .Help("Time a worker paused evaluation to hand its rule "
+                      "state to a checkpoint.")
+                .Register(*registry)
+                .Add({}, EvalBuckets())),
         rule_keys(prometheus::BuildGauge()
                       .Name("invariantd_rule_keys")
                       .Help("Keys a rule tracks state for.")
@@ -282,6 +289,7 @@ struct Metrics::Impl {
   Histogram& rule_eval;
   Histogram& evidence_commit;
   Histogram& state_checkpoint;
+  Histogram& state_pause;
   Family<Gauge>& rule_keys;
   Family<Counter>& rule_overflow;
   Family<Counter>& redactions;
@@ -509,6 +517,10 @@ void Metrics::EvidenceCommitLatency(double seconds) {
 
 void Metrics::StateCheckpointLatency(double seconds) {
   impl_->state_checkpoint.Observe(seconds);
+}
+
+void Metrics::StateCheckpointPause(double seconds) {
+  impl_->state_pause.Observe(seconds);
 }
 
 void Metrics::Reload(bool ok) {

@@ -107,6 +107,9 @@ class Metrics {
   // invariantd_state_checkpoint_duration_seconds (histogram): one write of
   // rule-state checkpoints to state.db, fsync included.
   void StateCheckpointLatency(double seconds);
+  // invariantd_state_checkpoint_pause_seconds (histogram): a worker's pause
+  // in evaluation to hand its rule state to a checkpoint.
+  void StateCheckpointPause(double seconds);
   // invariantd_evidence_records_total{result="stored"|"duplicate"},
   // invariantd_evidence_commit_failures_total (from running totals),
   // invariantd_evidence_pending, invariantd_evidence_head_seq.

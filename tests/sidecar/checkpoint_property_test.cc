@@ -537,5 +537,40 @@ TEST(CheckpointTest, UncommittedCheckpointsHoldTheDispatcherBack) {
   EXPECT_FALSE(life.checkpoints.empty());
 }
 
+// Every worker's pause to hand its state to a checkpoint is reported once
+// per checkpoint (invariantd_state_checkpoint_pause_seconds).
+TEST(CheckpointTest, EachWorkersPauseIsReportedOncePerCheckpoint) {
+  Life life;
+  std::vector<double> pauses;
+  PipelineOptions o;
+  o.workers = 2;
+  o.checkpoint_interval = std::chrono::milliseconds(0);
+  o.on_checkpoint = [&](uint64_t epoch, StateCheckpoint c) {
+    std::lock_guard<std::mutex> l(life.mu);
+    life.checkpoints.emplace_back(epoch, std::move(c));
+  };
+  o.on_checkpoint_pause = [&](double sec) {
+    std::lock_guard<std::mutex> l(life.mu);
+    pauses.push_back(sec);
+  };
+  auto p = Pipeline::Create(Rules(), o, [](const Violation&) {});
+  ASSERT_TRUE(p.ok());
+  (*p)->Start();
+  for (int i = 0; i < 50; ++i) {
+    Record r;
+    r.source = "f";
+    r.stream = 7;
+    r.line = static_cast<uint64_t>(i + 1);
+    r.offset = static_cast<uint64_t>(i + 1);
+    r.bytes = GenLine(i % 5, i, i, 0, i);
+    ASSERT_TRUE((*p)->Push(std::move(r)));
+  }
+  (*p)->Stop();
+  std::lock_guard<std::mutex> l(life.mu);
+  ASSERT_FALSE(life.checkpoints.empty());
+  EXPECT_EQ(pauses.size(), 2 * life.checkpoints.size());
+  for (double sec : pauses) EXPECT_GE(sec, 0.0);
+}
+
 }  // namespace
 }  // namespace invariantd
