@@ -243,6 +243,48 @@ std::optional<uint64_t> TailEventsTotal(int port) {
                    "source=\"tail\"} ");
 }
 
+// The cumulative bucket counts of histogram `name` in an exposition, in
+// the order written (ascending `le`, +Inf last as infinity).
+std::vector<std::pair<double, uint64_t>> Buckets(std::string_view body,
+                                                 std::string_view name) {
+  std::vector<std::pair<double, uint64_t>> out;
+  const std::string key = std::string(name) + "_bucket{le=\"";
+  size_t at = 0;
+  while ((at = body.find(key, at)) != std::string_view::npos) {
+    at += key.size();
+    const size_t q = body.find('"', at);
+    if (q == std::string_view::npos) break;
+    const std::string le(body.substr(at, q - at));
+    const double bound =
+        le == "+Inf" ? INFINITY : std::strtod(le.c_str(), nullptr);
+    const auto n = UintAfter(body, "} ", q);
+    if (!n) break;
+    out.emplace_back(bound, *n);
+  }
+  return out;
+}
+
+// From two scrapes of one histogram: the upper bound (ms) of the bucket
+// that holds quantile q of the observations made between them (q = 1: of
+// the largest), or NAN when there were none.
+double BucketQuantileMs(const std::vector<std::pair<double, uint64_t>>& before,
+                        const std::vector<std::pair<double, uint64_t>>& after,
+                        double q) {
+  if (after.empty()) return NAN;
+  auto count = [&](size_t i) {
+    const uint64_t b = i < before.size() ? before[i].second : 0;
+    return after[i].second - std::min(after[i].second, b);
+  };
+  const uint64_t total = count(after.size() - 1);
+  if (total == 0) return NAN;
+  const auto rank =
+      static_cast<uint64_t>(std::ceil(q * static_cast<double>(total)));
+  for (size_t i = 0; i < after.size(); ++i) {
+    if (count(i) >= std::max<uint64_t>(rank, 1)) return after[i].first * 1e3;
+  }
+  return after.back().first * 1e3;
+}
+
 // One violation as it arrived on the daemon's stdout.
 struct Arrival {
   uint64_t line = 0;
@@ -622,6 +664,14 @@ int Latency(const Common& c, double rate, double duration, uint64_t every,
     if (::syncfs(fd) != 0) Die("syncfs failed");
   }
   const uint64_t base = emitted;
+  // The daemon's own timings of the measured window: its evidence commits
+  // and its workers' checkpoint pauses (histograms, diffed at the end).
+  constexpr std::string_view kCommit =
+      "invariantd_evidence_commit_duration_seconds";
+  constexpr std::string_view kPause =
+      "invariantd_state_checkpoint_pause_seconds";
+  const std::string metrics_before =
+      HttpGet(port, "/metrics").value_or(std::string());
   const uint64_t total = base + static_cast<uint64_t>(rate * duration);
   const double ns_per_event = 1e9 / rate;
   std::vector<Fault> faults;
@@ -682,7 +732,13 @@ int Latency(const Common& c, double rate, double duration, uint64_t every,
          TailEventsTotal(port).value_or(0) < emitted) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
+  const std::string metrics_after =
+      HttpGet(port, "/metrics").value_or(std::string());
   daemon.Stop();
+  const auto commit_before = Buckets(metrics_before, kCommit);
+  const auto commit_after = Buckets(metrics_after, kCommit);
+  const auto pause_before = Buckets(metrics_before, kPause);
+  const auto pause_after = Buckets(metrics_after, kPause);
 
   std::unordered_map<uint64_t, int64_t> arrived;
   size_t unexpected = 0;
@@ -727,7 +783,8 @@ int Latency(const Common& c, double rate, double duration, uint64_t every,
       "duration_s=%.2f events=%llu faults=%zu violations=%zu matched=%zu "
       "unexpected=%zu p50_ms=%.3f p99_ms=%.3f p999_ms=%.3f max_ms=%.3f "
       "write_p50_ms=%.3f write_p99_ms=%.3f write_p999_ms=%.3f "
-      "writer_max_lag_ms=%.3f stopped_events=%llu cpu_s=%.2f warmup=%llu\n",
+      "writer_max_lag_ms=%.3f stopped_events=%llu cpu_s=%.2f warmup=%llu "
+      "commit_p99_ms=%g commit_max_ms=%g pause_p99_ms=%g pause_max_ms=%g\n",
       c.workers, rate, static_cast<double>(emitted - base) / seconds, seconds,
       static_cast<unsigned long long>(emitted - base), faults.size(),
       arrivals.size(), from_intended.size(), unexpected,
@@ -736,7 +793,11 @@ int Latency(const Common& c, double rate, double duration, uint64_t every,
       Percentile(from_write, 0.50), Percentile(from_write, 0.99),
       Percentile(from_write, 0.999), static_cast<double>(max_lag_ns) / 1e6,
       static_cast<unsigned long long>(daemon.stopped_events()), daemon.cpu_s(),
-      static_cast<unsigned long long>(base));
+      static_cast<unsigned long long>(base),
+      BucketQuantileMs(commit_before, commit_after, 0.99),
+      BucketQuantileMs(commit_before, commit_after, 1.0),
+      BucketQuantileMs(pause_before, pause_after, 0.99),
+      BucketQuantileMs(pause_before, pause_after, 1.0));
   return 0;
 }
 
