@@ -21,6 +21,7 @@ std::unique_ptr<RuleState> Engine::NewState(size_t i) const {
   std::unique_ptr<RuleState> s =
       r.config->NewState((r.max_keys + shards - 1) / shards, r.overflow);
   s->SetBudget(options_.budget.get());
+  if (r.expected_keys > 0) s->Reserve((r.expected_keys + shards - 1) / shards);
   return s;
 }
 

@@ -300,6 +300,25 @@ class KeyTable {
   void SetBudget(MemoryBudget* budget) { charge_.Set(budget, Bytes()); }
   // New keys refused because the budget was spent.
   uint64_t budget_refusals() const { return budget_refusals_; }
+
+  // Sizes an empty table for `keys` keys (at most max_keys) at once, so
+  // that it never grows on the way there: no copy of the arrays and no
+  // first touch of the memory of every smaller array (the sizes a growing
+  // table passes through add up to about three times the last one). The
+  // memory is charged to the budget now, and the pages are touched as keys
+  // arrive. Returns false, and changes nothing, when the table is not
+  // empty, is already that large, or the budget cannot cover it.
+  bool Reserve(size_t keys) {
+    keys = std::min(keys, max_keys_);
+    if (size_ != 0 || Migrating() || keys == 0) return false;
+    // Room for `keys` without reaching NeedsGrow().
+    const size_t cap = (keys + 1) * 8 / 7 + 1;
+    if (cap <= cur_.capacity()) return false;
+    if (!charge_.Reserve(cap * sizeof(Slot) + heap_bytes_)) return false;
+    cur_ = Array(cap);
+    Retrack();
+    return true;
+  }
   // Slot arrays plus the states' heap.
   size_t Bytes() const { return SlotBytes() + heap_bytes_; }
   size_t capacity() const { return cur_.capacity(); }

@@ -117,6 +117,9 @@ class RuleState {
   // Charges the state's memory to `budget` from now on (rules/memory_budget.h;
   // null: none). Stateless kinds keep the default.
   virtual void SetBudget(MemoryBudget* budget) {}
+  // Optional: sizes the state for `keys` keys up front (a rule's
+  // expected_keys; see KeyTable::Reserve). Stateless kinds keep the default.
+  virtual void Reserve(size_t keys) {}
 
   // Checkpoints (sidecar/pipeline). After TrackChanges(), SaveState appends
   // to `out` an image of what changed since the previous SaveState, plus
@@ -264,6 +267,7 @@ class KeyedRuleState final : public RuleState {
                       table_.rejected(), table_.budget_refusals()};
   }
   void SetBudget(MemoryBudget* budget) override { table_.SetBudget(budget); }
+  void Reserve(size_t keys) override { table_.Reserve(keys); }
 
   void TrackChanges() override {
     table_.TrackChanges(/*on_touch=*/false);

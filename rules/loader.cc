@@ -42,9 +42,9 @@ std::string DiagnosticJson(const Diagnostic& d) {
 namespace {
 
 constexpr std::string_view kCommonFields[] = {
-    "name",     "kind",        "when",        "key",
-    "severity", "description", "runbook",     "labels",
-    "max_keys", "on_overflow", "export_gauge"};
+    "name",     "kind",          "when",        "key",
+    "severity", "description",   "runbook",     "labels",
+    "max_keys", "expected_keys", "on_overflow", "export_gauge"};
 constexpr std::string_view kSeverities[] = {"critical", "error", "warning",
                                             "info"};
 constexpr std::string_view kReservedLabels[] = {"alertname", "severity", "kind",
@@ -667,6 +667,15 @@ class RuleLoader {
     LoadLabels(node["labels"], &rule);
     Compiler kc(this, node);
     if (auto v = kc.Int("max_keys", 1, 1'000'000'000)) rule.max_keys = *v;
+    if (auto v = kc.Int("expected_keys", 0, 1'000'000'000)) {
+      if (static_cast<size_t>(*v) > rule.max_keys) {
+        ErrorAt(node["expected_keys"],
+                absl::StrCat("expected_keys (", *v, ") is above max_keys (",
+                             rule.max_keys, ")"));
+      } else {
+        rule.expected_keys = static_cast<size_t>(*v);
+      }
+    }
     if (const YAML::Node n = node["on_overflow"]) {
       std::string p;
       if (Scalar(n, "on_overflow", &p)) {

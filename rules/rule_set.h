@@ -68,6 +68,8 @@ struct Rule {
   std::vector<KeyField> key;   // empty: one global key
   int key_group = 0;  // rules with identical key expressions share a group
   size_t max_keys = kDefaultMaxKeys;
+  // Keys the state is sized for at its creation (0: it grows from empty).
+  size_t expected_keys = 0;
   OverflowPolicy overflow = OverflowPolicy::kEvictOldest;
   // Publish the rule's field per key as a protocol-state gauge.
   bool export_gauge = false;

@@ -210,6 +210,41 @@ TEST(KeyTableTest, SmallTablesGrowAtOnce) {
   }
 }
 
+// A reserved table takes its expected keys without growing once.
+TEST(KeyTableTest, ReserveSizesOnceForTheExpectedKeys) {
+  KeyTable<uint64_t> t(1'000'000, OverflowPolicy::kEvictOldest);
+  ASSERT_TRUE(t.Reserve(100'000));
+  const size_t cap = t.capacity();
+  EXPECT_GE(cap * 7, 100'001u * 8);       // room below the growth threshold
+  EXPECT_LE(cap, 100'000u * 8 / 7 + 16);  // and not much more
+  for (uint64_t i = 0; i < 100'000; ++i) {
+    *t.FindOrInsert(K(i)).state = i;
+    ASSERT_EQ(t.capacity(), cap) << i;
+  }
+  for (uint64_t i = 0; i < 100'000; ++i) ASSERT_EQ(*t.Find(K(i)), i);
+  // The next keys grow it as usual.
+  for (uint64_t i = 100'000; i < 120'000; ++i) t.FindOrInsert(K(i));
+  EXPECT_GT(t.capacity(), cap);
+  EXPECT_FALSE(t.Reserve(1'000'000));  // not empty: unchanged
+}
+
+TEST(KeyTableTest, ReserveIsBoundedByMaxKeysAndTheBudget) {
+  KeyTable<uint64_t> small(1000, OverflowPolicy::kEvictOldest);
+  ASSERT_TRUE(small.Reserve(1'000'000));
+  EXPECT_LE(small.capacity(), 1000u * 8 / 7 + 16);  // max_keys caps it
+  EXPECT_FALSE(small.Reserve(1000));                // already that large
+
+  MemoryBudget budget(1 << 20);
+  KeyTable<uint64_t> t(10'000'000, OverflowPolicy::kEvictOldest);
+  t.SetBudget(&budget);
+  EXPECT_FALSE(t.Reserve(1'000'000));  // 24+ MiB do not fit in 1 MiB
+  EXPECT_EQ(t.capacity(), 0u);
+  EXPECT_EQ(budget.used(), 0u);
+  ASSERT_TRUE(t.Reserve(10'000));
+  EXPECT_EQ(budget.used() % MemoryBudget::kChunk, 0u);
+  EXPECT_GE(budget.used(), t.SlotBytes());  // charged up front
+}
+
 TEST(KeyTableTest, GrowthMovesEntriesGraduallyAndKeepsThemFindable) {
   KeyTable<uint64_t> t(1'000'000, OverflowPolicy::kEvictOldest,
                        /*incremental_from_bytes=*/0);

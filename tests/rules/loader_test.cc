@@ -41,6 +41,37 @@ rules:
   EXPECT_GE(r.rules->fields().size(), 3);
 }
 
+TEST(LoaderTest, ExpectedKeysIsReadAndBoundedByMaxKeys) {
+  LoadResult r = LoadRuleText(R"yaml(
+rules:
+  - name: term
+    kind: monotonic
+    key: [event.nid]
+    field: event.state.term
+    expected_keys: 250000
+)yaml",
+                              "t.yaml");
+  ASSERT_TRUE(r.ok()) << FormatDiagnostic(r.diagnostics.front());
+  EXPECT_EQ(r.rules->rules()[0].expected_keys, 250000u);
+  r = LoadRuleText(R"yaml(
+rules:
+  - name: term
+    kind: monotonic
+    key: [event.nid]
+    field: event.state.term
+    max_keys: 1000
+    expected_keys: 5000
+)yaml",
+                   "t.yaml");
+  ASSERT_EQ(r.diagnostics.size(), 1u);
+  EXPECT_EQ(r.diagnostics[0].line, 8);
+  EXPECT_EQ(r.diagnostics[0].column, 20);
+  EXPECT_NE(r.diagnostics[0].message.find(
+                "expected_keys (5000) is above max_keys (1000)"),
+            std::string::npos)
+      << r.diagnostics[0].message;
+}
+
 // YAML allows printable characters only; yaml-cpp 0.7 looped without end
 // on ",\x01" (found by fuzz_rules). Such bytes, C1 controls and invalid
 // UTF-8 are refused at their position before the YAML parser runs.

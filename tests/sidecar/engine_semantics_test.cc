@@ -12,6 +12,8 @@
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "rules/engine.h"
+#include "rules/memory_budget.h"
 #include "rules/rule_set.h"
 #include "sidecar/core/strings.h"
 #include "sidecar/replayer.h"
@@ -150,6 +152,33 @@ TEST(RuleTestMatchingTest, SpecificExpectationsChooseFirst) {
 
 namespace invariantd {
 namespace {
+
+// expected_keys sizes each shard's table when the engine starts: the
+// memory is there (and charged to the budget) before the first event.
+TEST(EngineSemanticsTest, ExpectedKeysSizeTheStateUpFrontPerShard) {
+  LoadResult loaded = LoadRuleText(
+      "rules:\n"
+      "  - {name: sized, kind: monotonic, key: [n], field: t,"
+      " expected_keys: 40000}\n"
+      "  - {name: grown, kind: monotonic, key: [n], field: t}\n",
+      "t.yaml");
+  ASSERT_TRUE(loaded.ok());
+  auto budget = std::make_shared<MemoryBudget>(1 << 30);
+  EngineOptions one;
+  one.budget = budget;
+  EngineOptions two = one;
+  two.shards = 2;
+  const Engine whole(loaded.rules, one);
+  const Engine half(loaded.rules, two);
+  const std::vector<RuleStats> w = whole.Stats();
+  const std::vector<RuleStats> h = half.Stats();
+  EXPECT_EQ(w[1].table.bytes, 0u);  // grows from empty
+  EXPECT_GT(w[0].table.bytes, 40000u * 8 / 7 * 16);
+  // A shard is sized for its share of the keys.
+  EXPECT_GT(h[0].table.bytes, w[0].table.bytes / 2 - 4096);
+  EXPECT_LT(h[0].table.bytes, w[0].table.bytes / 2 + 4096);
+  EXPECT_GE(budget->used(), w[0].table.bytes + h[0].table.bytes);
+}
 
 TEST(EngineGaugeTest, ExportedRulesPublishTheirFieldPerKey) {
   LoadResult loaded = LoadRuleText(
