@@ -20,8 +20,13 @@ int main(int argc, char** argv) {
   std::string out_format = "jsonl";
   auto* rp = app.add_subcommand(
       "replay", "Check recorded events (files or stdin) against rules");
-  rp->add_option("--rules", replay.rules, "Rule file or directory (repeatable)")
-      ->required()
+  rp->add_option("--config", replay.config,
+                 "invariantd run's YAML configuration: judge as the daemon "
+                 "would (its rules, limits, input, dedupe window, state "
+                 "budget and redaction; flags override it)");
+  rp->add_option("--rules", replay.rules,
+                 "Rule file or directory (repeatable; required without "
+                 "--config)")
       ->allow_extra_args(false)
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   rp->add_option("--format", out_format, "Output format")
@@ -32,16 +37,18 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"json", "jsonl", "ndjson", "logfmt", "regex"}));
   rp->add_option("--pattern", replay.pattern,
                  "RE2 pattern with named groups, for --input-format regex");
-  rp->add_option("--max-line-bytes", replay.max_line_bytes,
-                 "Longer records are skipped and counted")
-      ->check(CLI::Range(size_t{64}, size_t{1} << 30));
-  rp->add_option("--dedupe-window", replay.dedupe_window,
-                 "Recent event identities remembered to skip redeliveries "
-                 "(0 disables)")
-      ->check(CLI::Range(size_t{0}, size_t{1} << 24));
-  rp->add_option("--max-state-bytes", replay.max_state_bytes,
-                 "Memory budget for all rules' state (default: none); at it, "
-                 "each rule's on_overflow applies");
+  auto* rp_line = rp->add_option("--max-line-bytes", replay.max_line_bytes,
+                                 "Longer records are skipped and counted")
+                      ->check(CLI::Range(size_t{64}, size_t{1} << 30));
+  auto* rp_window =
+      rp->add_option("--dedupe-window", replay.dedupe_window,
+                     "Recent event identities remembered to skip redeliveries "
+                     "(0 disables)")
+          ->check(CLI::Range(size_t{0}, size_t{1} << 24));
+  auto* rp_state = rp->add_option(
+      "--max-state-bytes", replay.max_state_bytes,
+      "Memory budget for all rules' state (default: none); at it, "
+      "each rule's on_overflow applies");
   rp->add_flag("!--no-summary", replay.summary, "Do not print the summary");
   rp->add_option("files", replay.inputs, "Input files ('-' is stdin)");
 
@@ -51,6 +58,10 @@ int main(int argc, char** argv) {
   vp->add_option("paths", validate_paths, "Rule files or directories")
       ->required();
   vp->add_flag("--json", validate_json, "Print diagnostics as JSON lines");
+  std::string validate_config;
+  vp->add_option("--config", validate_config,
+                 "invariantd run's YAML configuration: check against its "
+                 "rule_limits");
 
   std::vector<std::string> test_files;
   auto* tp = app.add_subcommand("test", "Run rule unit tests (YAML)");
@@ -188,10 +199,14 @@ int main(int argc, char** argv) {
   if (*rp) {
     replay.format =
         out_format == "text" ? OutputFormat::kText : OutputFormat::kJsonl;
+    replay.max_line_bytes_set = rp_line->count() > 0;
+    replay.dedupe_window_set = rp_window->count() > 0;
+    replay.max_state_bytes_set = rp_state->count() > 0;
     return RunReplay(replay, std::cout, std::cerr);
   }
   if (*vp)
-    return RunValidate(validate_paths, validate_json, std::cout, std::cerr);
+    return RunValidate(validate_paths, validate_json, std::cout, std::cerr,
+                       validate_config);
   if (*tp) return RunTest(test_files, std::cout);
   if (*evp) {
     ev.action = *ev_verify ? "verify" : *ev_query ? "query" : "show";

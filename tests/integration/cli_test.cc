@@ -21,6 +21,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/temp_dir.h"
 
 extern char** environ;
 
@@ -264,6 +265,68 @@ TEST(CliTest, MalformedAndOversizedRecordsAreSkippedNotFatal) {
   EXPECT_THAT(r.err, HasSubstr("-:3: skipped (line_too_long)"));
   EXPECT_THAT(r.err, HasSubstr("-:4: skipped (invalid_utf8)"));
   EXPECT_THAT(r.err, HasSubstr("invalid_json=1"));
+}
+
+// `replay --config` judges as the daemon with that configuration would:
+// its rules, its redaction, its input limits; flags still override it.
+TEST(CliTest, ReplayWithTheDaemonsConfigurationJudgesAsTheDaemon) {
+  TempDir dir;
+  const std::string events =
+      "{\"event\":{\"nid\":\"secret-42\",\"state\":{\"term\":5}}}\n"
+      "{\"event\":{\"nid\":\"secret-42\",\"state\":{\"term\":4}}}\n";
+  const std::string config = dir.File("invariantd.yaml");
+  {
+    std::ofstream c(config);
+    c << "rules: [" << Src("rules/packs/etcd-raft.yaml") << "]\n"
+      << "redact:\n"
+      << "  - {name: node, pattern: 'secret-[0-9]+', replacement: NODE}\n";
+  }
+  // Without --config the node id is printed as it is.
+  Result r = Invariantd(
+      {"replay", "--rules", Src("rules/packs/etcd-raft.yaml"), "-"}, events);
+  EXPECT_EQ(r.status, 1);
+  EXPECT_THAT(r.out, HasSubstr("secret-42"));
+  // With it: the config's rules (no --rules), and its redaction.
+  r = Invariantd({"replay", "--config", config, "-"}, events);
+  EXPECT_EQ(r.status, 1) << r.err;
+  ASSERT_EQ(Lines(r.out).size(), 1u);
+  EXPECT_EQ(r.out.find("secret-42"), std::string::npos) << r.out;
+  EXPECT_EQ(Json::parse(r.out)["key"]["event.nid"], "NODE");
+
+  // The daemon's input limits: nesting of 3 is too deep for max_depth 2.
+  const std::string shallow = dir.File("shallow.yaml");
+  {
+    std::ofstream c(shallow);
+    c << "rules: [" << Src("rules/packs/etcd-raft.yaml") << "]\n"
+      << "input: {max_depth: 2, dedupe_window: 0}\n";
+  }
+  r = Invariantd({"replay", "--config", shallow, "-"}, events);
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("-:1: skipped (too_deep)"));
+
+  // No rules anywhere, and a bad configuration: usage errors with reasons.
+  const std::string norules = dir.File("norules.yaml");
+  { std::ofstream(norules) << "workers: 1\n"; }
+  r = Invariantd({"replay", "--config", norules, "-"}, events);
+  EXPECT_EQ(r.status, 2);
+  EXPECT_THAT(r.err, HasSubstr("no rules"));
+  const std::string bad = dir.File("bad.yaml");
+  { std::ofstream(bad) << "input: {max_depht: 2}\n"; }
+  r = Invariantd({"replay", "--config", bad, "--rules",
+                  Src("rules/packs/etcd-raft.yaml"), "-"},
+                 events);
+  EXPECT_EQ(r.status, 2);
+  EXPECT_THAT(r.err, HasSubstr(bad + ":1:9: unknown key 'max_depht'"));
+
+  // validate --config checks the rules against the daemon's rule limits.
+  const std::string tight = dir.File("tight.yaml");
+  { std::ofstream(tight) << "rule_limits: {max_file_bytes: 1024}\n"; }
+  r = Invariantd({"validate", Src("rules/packs/etcd-raft.yaml")}, "");
+  EXPECT_EQ(r.status, 0) << r.err;
+  r = Invariantd(
+      {"validate", "--config", tight, Src("rules/packs/etcd-raft.yaml")}, "");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_THAT(r.err, HasSubstr("the limit is 1024")) << r.err;
 }
 
 #if defined(__has_feature)
