@@ -1,6 +1,7 @@
 #include "rules/engine.h"
 
 #include <algorithm>
+#include <cmath>
 #include <utility>
 
 namespace invariantd {
@@ -21,7 +22,17 @@ std::unique_ptr<RuleState> Engine::NewState(size_t i) const {
   std::unique_ptr<RuleState> s =
       r.config->NewState((r.max_keys + shards - 1) / shards, r.overflow);
   s->SetBudget(options_.budget.get());
-  if (r.expected_keys > 0) s->Reserve((r.expected_keys + shards - 1) / shards);
+  if (r.expected_keys > 0 && options_.reserve_expected_keys) {
+    // Keys split over shards by hash: a shard's count varies by about its
+    // square root, so shards get headroom (four standard deviations) and
+    // do not grow just past their even share.
+    size_t share = (r.expected_keys + shards - 1) / shards;
+    if (shards > 1) {
+      share += 4 * static_cast<size_t>(
+                       std::ceil(std::sqrt(static_cast<double>(share))));
+    }
+    s->Reserve(share);
+  }
   return s;
 }
 

@@ -45,6 +45,10 @@ struct EngineOptions {
   // One memory budget for the state of every rule of every engine that
   // shares it (rules/memory_budget.h); null: only max_keys bounds a rule.
   std::shared_ptr<MemoryBudget> budget;
+  // Size each rule's state for its share of the rule's expected_keys at
+  // the start. False for an engine whose rule states stay empty (the
+  // pipeline's dispatcher only prepares events and detects redeliveries).
+  bool reserve_expected_keys = true;
 };
 
 struct RuleCounters {

@@ -307,7 +307,8 @@ class KeyTable {
   // table passes through add up to about three times the last one). The
   // memory is charged to the budget now, and the pages are touched as keys
   // arrive. Returns false, and changes nothing, when the table is not
-  // empty, is already that large, or the budget cannot cover it.
+  // empty, is already that large, or the budget (or the system) cannot
+  // provide the memory.
   bool Reserve(size_t keys) {
     keys = std::min(keys, max_keys_);
     if (size_ != 0 || Migrating() || keys == 0) return false;
@@ -315,7 +316,12 @@ class KeyTable {
     const size_t cap = (keys + 1) * 8 / 7 + 1;
     if (cap <= cur_.capacity()) return false;
     if (!charge_.Reserve(cap * sizeof(Slot) + heap_bytes_)) return false;
-    cur_ = Array(cap);
+    try {
+      cur_ = Array(cap);
+    } catch (const std::bad_alloc&) {
+      Retrack();  // the charge back to what is held
+      return false;
+    }
     Retrack();
     return true;
   }

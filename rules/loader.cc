@@ -690,6 +690,12 @@ class RuleLoader {
       }
     }
     if (spec != nullptr) rule.config = spec->compile(kc);
+    if (rule.expected_keys > 0 && rule.config != nullptr &&
+        !rule.config->NeedsKey()) {
+      ErrorAt(node["expected_keys"],
+              absl::StrCat("expected_keys sizes a rule's state; '", rule.kind,
+                           "' keeps none"));
+    }
     if (auto g = kc.Bool("export_gauge")) {
       rule.export_gauge = *g;
       if (*g && rule.config != nullptr &&
@@ -702,8 +708,12 @@ class RuleLoader {
     }
     if (diags_.size() != errors_before || rule.config == nullptr) return;
 
+    // The definition's digest leaves out expected_keys: a sizing hint, not
+    // semantics; changing it keeps the rule's state (reload, restore).
+    YAML::Node defining = YAML::Clone(node);
+    defining.remove("expected_keys");
     YAML::Emitter canon;
-    canon << node;
+    canon << defining;
     rule.digest = HashBytes(canon.c_str());
     set_->rules_.push_back(std::move(rule));
   }

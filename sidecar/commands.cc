@@ -78,7 +78,7 @@ int RunReplay(const ReplayCommand& cmd, std::ostream& out, std::ostream& err) {
     }
     DecoderOptions d;
     d.format = *f;
-    d.pattern = cmd.input_format.empty() ? config.pattern : cmd.pattern;
+    d.pattern = cmd.pattern.empty() ? config.pattern : cmd.pattern;
     opts.decoder = d;
   }
   // The daemon's redaction, before anything is printed.

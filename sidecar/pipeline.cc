@@ -110,12 +110,21 @@ absl::StatusOr<std::unique_ptr<Pipeline>> Pipeline::Create(
   return p;
 }
 
+namespace {
+// The dispatcher's engine only prepares events and keeps the redelivery
+// window: its rule states are never filled, so they are not sized.
+EngineOptions RouterOptions(EngineOptions o) {
+  o.reserve_expected_keys = false;
+  return o;
+}
+}  // namespace
+
 Pipeline::Pipeline(std::shared_ptr<const RuleSet> rules,
                    PipelineOptions options, ViolationFn on_violation)
     : rules_(rules),
       options_(std::move(options)),
       on_violation_(std::move(on_violation)),
-      router_(std::make_unique<Engine>(rules, options_.engine)),
+      router_(std::make_unique<Engine>(rules, RouterOptions(options_.engine))),
       admission_(options_.queue_capacity) {
   EngineOptions worker_engine = options_.engine;
   worker_engine.dedupe_window = 0;  // the router owns redelivery detection
@@ -799,7 +808,7 @@ Pipeline::RestoreReport Pipeline::Restore(const StoredState& state) {
     auto fresh = [&](std::unique_ptr<Engine>* e, EngineOptions o) {
       *e = std::make_unique<Engine>(rules(), o);
     };
-    fresh(&router_, options_.engine);
+    fresh(&router_, RouterOptions(options_.engine));
     EngineOptions worker_engine = options_.engine;
     worker_engine.dedupe_window = 0;
     worker_engine.shards = workers_.size();
@@ -881,7 +890,7 @@ absl::StatusOr<Pipeline::ReloadResult> Pipeline::Reload(
   worker_engine.dedupe_window = 0;
   worker_engine.shards = static_cast<size_t>(options_.workers);
   // Build the new engines off the hot path, then swap at a batch boundary.
-  auto router = std::make_unique<Engine>(rules, options_.engine);
+  auto router = std::make_unique<Engine>(rules, RouterOptions(options_.engine));
   std::vector<std::unique_ptr<Engine>> engines;
   for (size_t k = 0; k < workers_.size(); ++k) {
     engines.push_back(std::make_unique<Engine>(rules, worker_engine));

@@ -102,7 +102,7 @@ struct Metrics::Impl {
                 .Help("Time a worker paused evaluation to hand its rule "
                       "state to a checkpoint.")
                 .Register(*registry)
-                .Add({}, EvalBuckets())),
+                .Add({}, CommitBuckets())),
         rule_keys(prometheus::BuildGauge()
                       .Name("invariantd_rule_keys")
                       .Help("Keys a rule tracks state for.")

@@ -90,6 +90,8 @@ class UniqueState final : public RuleState {
                       table_.rejected(), table_.budget_refusals()};
   }
   void SetBudget(MemoryBudget* budget) override { table_.SetBudget(budget); }
+  // A unique rule's keys are its (key, value) pairs.
+  void Reserve(size_t keys) override { table_.Reserve(keys); }
 
   void Rebind(const KindConfig* config) override {
     c_ = static_cast<const UniqueConfig*>(config);

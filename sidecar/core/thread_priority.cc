@@ -92,8 +92,9 @@ bool JoinViolationPath() {
   if (::syscall(SYS_sched_getattr, 0, &attr, sizeof attr, 0) != 0) {
     return false;
   }
-  return attr.sched_runtime != 0 && attr.sched_runtime <= want * 2 &&
-         attr.sched_runtime * 2 >= want;
+  // The kernel keeps a slice within 0.1-100 ms.
+  const uint64_t kept = std::clamp<uint64_t>(want, 100'000, 100'000'000);
+  return attr.sched_runtime == kept;
 #else
   return false;
 #endif

@@ -304,6 +304,30 @@ TEST(CliTest, ReplayWithTheDaemonsConfigurationJudgesAsTheDaemon) {
   EXPECT_EQ(r.status, 0) << r.err;
   EXPECT_THAT(r.err, HasSubstr("-:1: skipped (too_deep)"));
 
+  // Flags override the file: its 64-byte line limit skips both lines,
+  // --max-line-bytes lets them through; --rules replaces its rules.
+  const std::string short_lines = dir.File("short.yaml");
+  {
+    std::ofstream c(short_lines);
+    c << "rules: [" << Src("rules/packs/k8s-audit.yaml") << "]\n"
+      << "input: {max_line_bytes: 64}\n";
+  }
+  const std::string padded =
+      "{\"event\":{\"nid\":\"n1\",\"state\":{\"term\":5}},\"pad\":\"" +
+      std::string(40, 'x') + "\"}\n" +
+      "{\"event\":{\"nid\":\"n1\",\"state\":{\"term\":4}},\"pad\":\"" +
+      std::string(40, 'x') + "\"}\n";
+  r = Invariantd({"replay", "--config", short_lines, "--rules",
+                  Src("rules/packs/etcd-raft.yaml"), "-"},
+                 padded);
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("-:2: skipped (line_too_long)"));
+  r = Invariantd({"replay", "--config", short_lines, "--max-line-bytes", "4096",
+                  "--rules", Src("rules/packs/etcd-raft.yaml"), "-"},
+                 padded);
+  EXPECT_EQ(r.status, 1) << r.err;
+  EXPECT_EQ(Json::parse(r.out)["rule"], "etcd-raft-term-never-regresses");
+
   // No rules anywhere, and a bad configuration: usage errors with reasons.
   const std::string norules = dir.File("norules.yaml");
   { std::ofstream(norules) << "workers: 1\n"; }

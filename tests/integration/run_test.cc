@@ -2,9 +2,13 @@
 // the middle (nothing lost, nothing read twice), HTTP ingest with curl,
 // metrics validated by promtool, health, and SIGTERM shutdown.
 #include <signal.h>
+#include <sys/syscall.h>
+#include <sys/utsname.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -37,6 +41,39 @@ std::vector<std::string> ThreadNames(pid_t pid) {
     if (std::getline(in, name)) names.push_back(name);
   }
   return names;
+}
+
+// Linux 6.12 and later keep a SCHED_OTHER task's custom slice.
+bool KernelTakesSlices() {
+  utsname u{};
+  int major = 0;
+  int minor = 0;
+  return uname(&u) == 0 &&
+         std::sscanf(u.release, "%d.%d", &major, &minor) == 2 &&
+         (major > 6 || (major == 6 && minor >= 12));
+}
+
+// The scheduler slice (ns) of the thread of `pid` named `name` (empty:
+// its first thread); 0 if none.
+uint64_t SliceOf(pid_t pid, const std::string& name) {
+  for (const auto& t : fs::directory_iterator(fs::path("/proc") /
+                                              std::to_string(pid) / "task")) {
+    std::ifstream in(t.path() / "comm");
+    std::string comm;
+    if (!std::getline(in, comm) || (!name.empty() && comm != name)) continue;
+    struct {
+      uint32_t size, policy;
+      uint64_t flags;
+      int32_t nice;
+      uint32_t priority;
+      uint64_t runtime, deadline, period;
+      uint32_t util_min, util_max;
+    } attr{};
+    const auto tid = static_cast<pid_t>(std::stol(t.path().filename()));
+    if (syscall(SYS_sched_getattr, tid, &attr, sizeof attr, 0) != 0) return 0;
+    return attr.runtime;
+  }
+  return 0;
 }
 
 class RunTest : public ::testing::Test {
@@ -132,6 +169,14 @@ TEST_F(RunTest, HttpIngestMetricsAndHealth) {
       ::testing::IsSupersetOf({"inv-tail", "inv-dispatch", "inv-worker-0",
                                "inv-worker-1", "inv-evidence", "inv-state",
                                "inv-walckpt", "inv-housekeep", "inv-signals"}));
+  // On Linux 6.12+ the threads on a violation's path run with the short
+  // CPU slice (scheduler_slice_us, default 100 us); the others do not.
+  if (KernelTakesSlices()) {
+    EXPECT_EQ(SliceOf(c->pid(), "inv-worker-0"), 100'000u);
+    EXPECT_EQ(SliceOf(c->pid(), "inv-evidence"), 100'000u);
+    // The others keep the slice they inherited (this test's own).
+    EXPECT_EQ(SliceOf(c->pid(), "inv-state"), SliceOf(getpid(), ""));
+  }
   // Push two events that regress a term, waiting until they are processed.
   const std::string body = fs::path(dir_ / "body.ndjson").string();
   {

@@ -360,6 +360,26 @@ TEST(PipelineReloadTest, UnchangedRulesKeepStateChangedRulesStartFresh) {
 // keys fills it, after which each rule's overflow policy decides; every key
 // is tracked, evicted or rejected (counted exactly), the budget holds, and
 // the keys still tracked are still checked.
+// expected_keys is reserved by the workers that hold the keys, each for
+// its share; the dispatcher's engine (which holds none) reserves nothing.
+TEST(PipelineBudgetTest, ExpectedKeysAreReservedOnceAcrossTheWorkers) {
+  auto budget = std::make_shared<MemoryBudget>(size_t{1} << 30);
+  PipelineOptions o;
+  o.workers = 2;
+  o.engine.budget = budget;
+  auto p = Pipeline::Create(
+      RulesFrom("rules:\n"
+                "  - {name: sized, kind: monotonic, key: [k], field: v,\n"
+                "     expected_keys: 100000}\n"),
+      o, [](const Violation&) {});
+  ASSERT_TRUE(p.ok());
+  // Two shares of 50,000 keys (plus headroom) at 40 bytes a slot and 7/8
+  // load: about 4.7 MB. With the dispatcher's engine sized as well: 9.2 MB.
+  const size_t slots = 2 * (50'000 + 4 * 224) * 8 / 7;
+  EXPECT_GE(budget->used(), slots * 40);
+  EXPECT_LT(budget->used(), slots * 40 + (size_t{1} << 20));
+}
+
 TEST(PipelineBudgetTest, AFloodOfKeysStaysInTheBudgetAndIsCountedExactly) {
   auto budget = std::make_shared<MemoryBudget>(size_t{1} << 20);
   std::mutex mu;
