@@ -862,6 +862,12 @@ LoadResult LoadRuleFiles(const std::vector<std::string>& paths,
       io_errors.push_back(Diagnostic{p, 0, 0, "", "no such file", ""});
     }
   }
+  if (docs.empty() && !io_errors.empty()) {
+    // Nothing could be read: those reasons, not also "no rules found".
+    LoadResult r;
+    r.diagnostics = std::move(io_errors);
+    return r;
+  }
   RuleLoader loader(limits);
   LoadResult r = loader.Load(docs);
   if (!io_errors.empty()) {

@@ -272,6 +272,9 @@ TEST(LoaderTest, RulesSharingAKeyShareAKeyGroup) {
 TEST(LoaderTest, MissingFileAndEmptyDirectoryAreReported) {
   LoadResult r = LoadRuleFiles({"/nonexistent/rules.yaml"});
   ASSERT_FALSE(r.ok());
+  // The reason, named by file, and no second "no rules found" without one.
+  ASSERT_EQ(r.diagnostics.size(), 1u);
+  EXPECT_EQ(r.diagnostics[0].file, "/nonexistent/rules.yaml");
   EXPECT_THAT(r.diagnostics[0].message, HasSubstr("no such file"));
 }
 
