@@ -87,16 +87,21 @@ bool JoinViolationPath() {
   attr.sched_runtime = want;
   if (::syscall(SYS_sched_setattr, 0, &attr, 0) != 0) return false;
   // Kernels before 6.12 accept the call and ignore the runtime of a
-  // SCHED_OTHER task; 6.12+ report the slice back (clamped to 0.1-100 ms).
-  std::memset(&attr, 0, sizeof attr);
-  if (::syscall(SYS_sched_getattr, 0, &attr, sizeof attr, 0) != 0) {
-    return false;
-  }
-  // The kernel keeps a slice within 0.1-100 ms.
-  const uint64_t kept = std::clamp<uint64_t>(want, 100'000, 100'000'000);
-  return attr.sched_runtime == kept;
+  // SCHED_OTHER task; 6.12+ report the slice back, kept within 0.1-100 ms.
+  return SchedulerSliceNs() == std::clamp<uint64_t>(want, 100'000, 100'000'000);
 #else
   return false;
+#endif
+}
+
+uint64_t SchedulerSliceNs(int tid) {
+#if defined(__linux__) && defined(SYS_sched_getattr)
+  SchedAttr attr;
+  std::memset(&attr, 0, sizeof attr);
+  if (::syscall(SYS_sched_getattr, tid, &attr, sizeof attr, 0) != 0) return 0;
+  return attr.sched_runtime;
+#else
+  return 0;
 #endif
 }
 

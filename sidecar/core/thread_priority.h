@@ -2,6 +2,7 @@
 #ifndef INVARIANTD_SIDECAR_CORE_THREAD_PRIORITY_H_
 #define INVARIANTD_SIDECAR_CORE_THREAD_PRIORITY_H_
 
+#include <cstdint>
 #include <string_view>
 
 namespace invariantd {
@@ -45,6 +46,9 @@ inline constexpr int kDefaultViolationPathSliceUs = 100;
 void SetViolationPathSlice(int microseconds);
 int ViolationPathSlice();
 bool JoinViolationPath();
+// The scheduler slice (ns) the kernel reports for thread `tid` (0: the
+// calling thread); 0 when it cannot be read (not Linux, no such thread).
+uint64_t SchedulerSliceNs(int tid = 0);
 // Whether a thread joining the path now gets the slice (asks the kernel
 // from a short-lived thread of its own; for the start-up log).
 bool ViolationPathSliceTakes();

@@ -2,16 +2,14 @@
 
 #include <pthread.h>
 #include <sys/resource.h>
-#include <sys/syscall.h>
-#include <sys/utsname.h>
 #include <unistd.h>
 
 #include <cstdint>
-#include <cstdio>
 #include <string>
 #include <thread>
 
 #include "gtest/gtest.h"
+#include "tests/kernel_slices.h"
 
 namespace invariantd {
 namespace {
@@ -62,26 +60,8 @@ struct Sched {
   int nice = 0;
 };
 Sched SchedOfThisThread() {
-  struct {
-    uint32_t size, policy;
-    uint64_t flags;
-    int32_t nice;
-    uint32_t priority;
-    uint64_t runtime, deadline, period;
-    uint32_t util_min, util_max;
-  } attr{};
-  EXPECT_EQ(syscall(SYS_sched_getattr, 0, &attr, sizeof attr, 0), 0);
-  return Sched{attr.runtime, attr.nice};
-}
-
-// Linux 6.12 and later take a SCHED_OTHER task's custom slice.
-bool KernelTakesSlices() {
-  utsname u{};
-  if (uname(&u) != 0) return false;
-  int major = 0;
-  int minor = 0;
-  if (std::sscanf(u.release, "%d.%d", &major, &minor) != 2) return false;
-  return major > 6 || (major == 6 && minor >= 12);
+  return Sched{SchedulerSliceNs(),
+               getpriority(PRIO_PROCESS, static_cast<id_t>(gettid()))};
 }
 
 TEST(ViolationPathSliceTest, ThreadsOnThePathGetTheSliceAndKeepTheirNice) {

@@ -2,13 +2,10 @@
 // the middle (nothing lost, nothing read twice), HTTP ingest with curl,
 // metrics validated by promtool, health, and SIGTERM shutdown.
 #include <signal.h>
-#include <sys/syscall.h>
-#include <sys/utsname.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -22,7 +19,9 @@
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "re2/re2.h"
+#include "sidecar/core/thread_priority.h"
 #include "tests/integration/child_process.h"
+#include "tests/kernel_slices.h"
 
 namespace invariantd {
 namespace {
@@ -43,16 +42,6 @@ std::vector<std::string> ThreadNames(pid_t pid) {
   return names;
 }
 
-// Linux 6.12 and later keep a SCHED_OTHER task's custom slice.
-bool KernelTakesSlices() {
-  utsname u{};
-  int major = 0;
-  int minor = 0;
-  return uname(&u) == 0 &&
-         std::sscanf(u.release, "%d.%d", &major, &minor) == 2 &&
-         (major > 6 || (major == 6 && minor >= 12));
-}
-
 // The scheduler slice (ns) of the thread of `pid` named `name` (empty:
 // its first thread); 0 if none.
 uint64_t SliceOf(pid_t pid, const std::string& name) {
@@ -61,17 +50,7 @@ uint64_t SliceOf(pid_t pid, const std::string& name) {
     std::ifstream in(t.path() / "comm");
     std::string comm;
     if (!std::getline(in, comm) || (!name.empty() && comm != name)) continue;
-    struct {
-      uint32_t size, policy;
-      uint64_t flags;
-      int32_t nice;
-      uint32_t priority;
-      uint64_t runtime, deadline, period;
-      uint32_t util_min, util_max;
-    } attr{};
-    const auto tid = static_cast<pid_t>(std::stol(t.path().filename()));
-    if (syscall(SYS_sched_getattr, tid, &attr, sizeof attr, 0) != 0) return 0;
-    return attr.runtime;
+    return SchedulerSliceNs(static_cast<int>(std::stol(t.path().filename())));
   }
   return 0;
 }
