@@ -61,7 +61,14 @@ struct Transition {
     const std::string_view name = Text(v, &buf);
     if (s.current == kNone) is_new = true;
     const uint64_t line = in.event->position.line;
-    auto it = c.index.find(name);
+    // Most events repeat the key's current state (a node that stays
+    // follower): one compare with its name instead of hashing the text.
+    uint32_t to = kNone;
+    if (s.current < c.names.size() && c.names[s.current] == name) {
+      to = s.current;
+    } else if (auto it = c.index.find(name); it != c.index.end()) {
+      to = it->second;
+    }
     auto finding = [&](std::string reason, std::string message) {
       Finding f;
       f.reason = std::move(reason);
@@ -73,7 +80,7 @@ struct Transition {
       f.message = std::move(message);
       *out = std::move(f);
     };
-    if (it == c.index.end()) {
+    if (to == kNone) {
       finding("unknown_state",
               absl::StrCat(c.field->text(), " is ", AV(name),
                            ", which is not a state of this rule (states: ",
@@ -81,7 +88,6 @@ struct Transition {
       if (is_new) s = State{kNone, 0};  // keep the key; no known state yet
       return ObserveStatus::kOk;
     }
-    const uint32_t to = it->second;
     if (is_new) {
       if (!c.initial.empty() && !c.initial[to]) {
         finding("illegal_initial",
