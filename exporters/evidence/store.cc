@@ -25,6 +25,7 @@ using sqlite_internal::Exec;
 using sqlite_internal::InTransaction;
 using sqlite_internal::SqlError;
 using sqlite_internal::Stmt;
+using sqlite_internal::StmtCache;
 
 void AppendField(std::string* out, std::string_view bytes) {
   uint64_t n = bytes.size();
@@ -102,10 +103,14 @@ std::string EvidenceHash(const EvidenceRecord& r,
 }
 
 EvidenceStore::EvidenceStore(sqlite3* db, bool read_only)
-    : db_(db), read_only_(read_only), head_hash_(kZeroHash) {}
+    : db_(db),
+      cache_(std::make_unique<StmtCache>(db)),
+      read_only_(read_only),
+      head_hash_(kZeroHash) {}
 
 EvidenceStore::~EvidenceStore() {
   checkpointer_.reset();  // before the connection it hooks
+  cache_.reset();         // its statements, before the connection
   sqlite3_close_v2(db_);
 }
 
@@ -248,13 +253,16 @@ absl::StatusOr<size_t> EvidenceStore::Append(
   size_t added = 0;
   uint64_t seq = head_seq_;
   std::string hash = head_hash_;
-  absl::Status s = InTransaction(db_, [&]() -> absl::Status {
-    Stmt exists(db_, "SELECT 1 FROM evidence WHERE id = ?1");
-    Stmt ins(db_, absl::StrCat("INSERT INTO evidence(", kColumns,
-                               ") VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,"
-                               "?12,?13,?14,?15,?16,?17,?18,?19,?20,?21)"));
-    Stmt key(db_, "INSERT OR REPLACE INTO evidence_key VALUES(?1, ?2, ?3)");
-    Stmt head(db_, "UPDATE chain SET head_seq = ?1, head_hash = ?2");
+  static const std::string* const kInsert = new std::string(
+      absl::StrCat("INSERT INTO evidence(", kColumns,
+                   ") VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,"
+                   "?12,?13,?14,?15,?16,?17,?18,?19,?20,?21)"));
+  StmtCache* cache = cache_.get();
+  absl::Status s = InTransaction(cache, [&]() -> absl::Status {
+    Stmt exists(cache, "SELECT 1 FROM evidence WHERE id = ?1");
+    Stmt ins(cache, *kInsert);
+    Stmt key(cache, "INSERT OR REPLACE INTO evidence_key VALUES(?1, ?2, ?3)");
+    Stmt head(cache, "UPDATE chain SET head_seq = ?1, head_hash = ?2");
     for (Stmt* st : {&exists, &ins, &key, &head}) {
       if (!st->status().ok()) return st->status();
     }

@@ -44,6 +44,9 @@
 struct sqlite3;
 
 namespace invariantd {
+namespace sqlite_internal {
+class StmtCache;
+}  // namespace sqlite_internal
 
 // One violation as stored. Text fields are stored as given (the raw
 // witness bytes exactly); outputs sanitize what they show.
@@ -172,6 +175,8 @@ class EvidenceStore {
   absl::Status LoadHead();
 
   sqlite3* db_;
+  // Append's statements, compiled once (sqlite.h).
+  std::unique_ptr<sqlite_internal::StmtCache> cache_;
   // Writable stores: checkpoints the WAL on its own thread, so that no
   // Append waits for the database file's fsync (wal_checkpointer.h).
   std::unique_ptr<WalCheckpointer> checkpointer_;

@@ -92,6 +92,35 @@ TEST(EvidenceStoreTest, AppendsOnceAndChainsInOrder) {
   EXPECT_EQ(v->records, 4u);
 }
 
+// A transaction that fails (here: the work that commits with it) leaves
+// nothing behind, and the store's reused statements work for the next one.
+TEST(EvidenceStoreTest, AFailedAppendRollsBackAndTheNextOneCommits) {
+  TempDir dir;
+  auto store = MustOpen(dir.File("e.db"));
+  EXPECT_EQ(MustAppend(*store, {Rec(1)}), 1u);
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    std::vector<EvidenceRecord> recs = {Rec(2), Rec(3)};
+    auto n = store->Append(
+        &recs, [](sqlite3*, const std::vector<const EvidenceRecord*>& fresh) {
+          EXPECT_EQ(fresh.size(), 2u);
+          return absl::UnavailableError("disk full");
+        });
+    ASSERT_FALSE(n.ok());
+    EXPECT_EQ(recs[0].seq, 0u);
+    EXPECT_EQ(store->head_seq(), 1u);
+  }
+  std::vector<EvidenceRecord> recs = {Rec(2), Rec(3)};
+  auto n = store->Append(&recs);
+  ASSERT_TRUE(n.ok()) << n.status();
+  EXPECT_EQ(*n, 2u);
+  EXPECT_EQ(recs[0].seq, 2u);
+  EXPECT_EQ(store->head_seq(), 3u);
+  auto v = store->Verify();
+  ASSERT_TRUE(v.ok()) << v.status();
+  EXPECT_TRUE(v->ok) << v->problem;
+  EXPECT_EQ(v->records, 3u);
+}
+
 TEST(EvidenceStoreTest, StoresEveryFieldExactly) {
   TempDir dir;
   auto store = MustOpen(dir.File("e.db"));
