@@ -350,15 +350,24 @@ class KeyedRuleState final : public RuleState {
   }
   static constexpr bool kOwnsHeap =
       !std::is_trivially_copyable_v<typename K::State>;
+  // One append per entry: this runs for every change of a state (Observe)
+  // and every key of a slice, so the appends' calls are most of its cost.
   static void PutEntry(std::string* out, const Hash128& key,
                        const typename K::State* s) {
-    PutHash(out, key);
-    PutU8(out, s != nullptr ? 1 : 0);
-    if (s == nullptr) return;
     if constexpr (kOwnsHeap) {
-      K::Encode(*s, out);
+      PutHash(out, key);
+      PutU8(out, s != nullptr ? 1 : 0);
+      if (s != nullptr) K::Encode(*s, out);
     } else {
-      PutRaw(out, *s);
+      char b[17 + sizeof(typename K::State)];
+      StoreHash(b, key);
+      b[16] = s != nullptr ? 1 : 0;
+      if (s == nullptr) {
+        out->append(b, 17);
+        return;
+      }
+      std::memcpy(b + 17, static_cast<const void*>(s), sizeof(*s));
+      out->append(b, sizeof(b));
     }
   }
   struct HeapOf {

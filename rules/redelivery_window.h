@@ -82,6 +82,17 @@ class RedeliveryWindow {
   const Hash128& Newest(uint64_t k) const {
     return ring_[(taken_ - k) % ring_.size()].id;
   }
+  // f(id) for the n newest identities, oldest first (n <= min(taken,
+  // capacity)): Newest(n) ... Newest(1), without a division per identity.
+  template <typename F>
+  void ForNewest(uint64_t n, F&& f) const {
+    if (n == 0) return;
+    size_t i = static_cast<size_t>((taken_ - n) % ring_.size());
+    for (uint64_t k = 0; k < n; ++k) {
+      f(ring_[i].id);
+      if (++i == ring_.size()) i = 0;
+    }
+  }
 
  private:
   // All-zero bytes are an unused slot and an empty bucket.

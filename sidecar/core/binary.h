@@ -64,9 +64,18 @@ class Pieces {
   bool adopted_ = false;  // the last piece was moved in: do not append
 };
 
+// Little-endian bytes of `v` at `p` (one store on a little-endian CPU).
+inline void StoreU64(char* p, uint64_t v) {
+  for (int i = 0; i < 8; ++i) p[i] = static_cast<char>(v >> (8 * i));
+}
+inline void StoreHash(char* p, const Hash128& h) {
+  StoreU64(p, h.lo);
+  StoreU64(p + 8, h.hi);
+}
+
 inline void PutU64(std::string* out, uint64_t v) {
   char b[8];
-  for (int i = 0; i < 8; ++i) b[i] = static_cast<char>(v >> (8 * i));
+  StoreU64(b, v);
   out->append(b, 8);
 }
 
@@ -80,8 +89,9 @@ inline void PutBytes(std::string* out, std::string_view bytes) {
 }
 
 inline void PutHash(std::string* out, const Hash128& h) {
-  PutU64(out, h.lo);
-  PutU64(out, h.hi);
+  char b[16];
+  StoreHash(b, h);
+  out->append(b, 16);
 }
 
 // A trivially copyable object as its bytes (same build only: checkpoints
