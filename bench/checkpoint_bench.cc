@@ -6,9 +6,12 @@
 //                         redelivery window took in since the last image
 //                         (N = events per checkpoint interval; 41,500 at
 //                         415k events/s)
-//   BM_WorkerImage/N/P    a worker's part with the etcd-raft pack over 250k
+//   BM_WorkerImage/N/P/A  a worker's part with the etcd-raft pack over 250k
 //                         node keys: the changes of N events, plus a slice
-//                         of P% of the rolling base (0: changes only)
+//                         of P% of the rolling base (0: changes only),
+//                         scanned when the image is taken (A = 0) or copied
+//                         ahead between batches of 64 events (A = 1), as
+//                         the daemon's workers do
 //
 //   build/bench/checkpoint_bench
 //
@@ -125,18 +128,15 @@ void BM_WorkerImage(benchmark::State& state) {
   int64_t i = 0;
   for (; i < 2 * kNodes; ++i) engine.Process(events.Make(i), &out);
   engine.TrackChanges();
-  uint64_t sweep = 0;
   // Percent of the hash space in each image's slice (0: changes only).
   const uint64_t percent = static_cast<uint64_t>(state.range(1));
   const uint64_t width = UINT64_MAX / 100 * percent;
-  uint64_t bytes = 0;
-  std::vector<Pieces> images;
-  for (auto _ : state) {
-    state.PauseTiming();
-    for (int64_t k = 0; k < per_interval; ++k, ++i) {
-      engine.Process(events.Make(i), &out);
-    }
-    out.clear();
+  // 1: the slice is copied between batches of 64 events, as the daemon's
+  // workers do (Engine::CaptureSlice, 2,048 slots a step); 0: scanned when
+  // the image is taken.
+  const bool ahead = state.range(2) != 0;
+  uint64_t sweep = 0;
+  auto next_spec = [&] {
     ImageSpec spec;
     spec.slice = width > 0;
     if (spec.slice) {
@@ -144,11 +144,29 @@ void BM_WorkerImage(benchmark::State& state) {
       spec.last = UINT64_MAX - sweep < width ? UINT64_MAX : sweep + width - 1;
       sweep = spec.last == UINT64_MAX ? 0 : spec.last + 1;
     }
+    return spec;
+  };
+  ImageSpec spec = next_spec();
+  if (ahead) engine.BeginSlice(spec);
+  uint64_t bytes = 0;
+  std::vector<Pieces> images;
+  for (auto _ : state) {
+    state.PauseTiming();
+    bool copied = !ahead;
+    for (int64_t k = 0; k < per_interval; ++k, ++i) {
+      engine.Process(events.Make(i), &out);
+      if (!copied && k % 64 == 63) copied = engine.CaptureSlice(2048);
+    }
+    out.clear();
     // The image is freed by the state writer's thread, not the worker's.
     images.clear();
     Pieces& image = images.emplace_back();
     state.ResumeTiming();
     engine.SaveState(spec, &image);
+    state.PauseTiming();
+    spec = next_spec();
+    if (ahead) engine.BeginSlice(spec);
+    state.ResumeTiming();
   }
   if (!images.empty()) bytes = images.back().size();
   state.counters["image_bytes"] = static_cast<double>(bytes);
@@ -162,7 +180,7 @@ BENCHMARK(BM_DispatcherImage)
     ->Iterations(100)
     ->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_WorkerImage)
-    ->ArgsProduct({{41500}, {0, 2}})
+    ->ArgsProduct({{41500}, {0, 2}, {0, 1}})
     ->Iterations(100)
     ->Unit(benchmark::kMicrosecond);
 

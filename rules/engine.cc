@@ -267,6 +267,7 @@ constexpr uint64_t kEngineImageTag = 0x31474e45'00000001ULL;  // "ENG1", v1
 void Engine::TrackChanges() {
   for (auto& st : states_) st->TrackChanges();
   window_saved_ = window_.taken();
+  capture_rule_ = states_.size();  // no slice to copy ahead
 }
 
 size_t Engine::SaveState(const ImageSpec& spec, Pieces* pieces) {
@@ -328,6 +329,24 @@ size_t Engine::SaveState(const ImageSpec& spec, Pieces* pieces) {
   });
   window_saved_ = taken;
   return slice_bytes;
+}
+
+void Engine::BeginSlice(const ImageSpec& next) {
+  capture_rule_ = 0;
+  if (next.full || !next.slice) {
+    capture_rule_ = states_.size();  // nothing to copy ahead
+    return;
+  }
+  for (auto& st : states_) st->BeginSlice(next.first, next.last);
+}
+
+bool Engine::CaptureSlice(size_t max_slots) {
+  // One rule's step per call: a call costs at most about max_slots slots.
+  if (capture_rule_ < states_.size() &&
+      states_[capture_rule_]->CaptureSlice(max_slots)) {
+    ++capture_rule_;  // done (or nothing to copy): the next rule's turn
+  }
+  return capture_rule_ >= states_.size();
 }
 
 absl::Status Engine::RestoreState(std::string_view in,

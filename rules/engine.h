@@ -132,6 +132,13 @@ class Engine {
   void TrackChanges();
   // Returns the bytes the rules' slices (or full images) took.
   size_t SaveState(const ImageSpec& spec, Pieces* out);
+  // The slice of the next SaveState, copied ahead a step at a time so that
+  // SaveState does not stop the thread for the scan (RuleState::BeginSlice):
+  // BeginSlice names it (`next`: the spec that SaveState will get; nothing
+  // for a full one), each CaptureSlice copies about `max_slots` table slots
+  // of one rule's share and returns true once every rule's is copied.
+  void BeginSlice(const ImageSpec& next);
+  bool CaptureSlice(size_t max_slots);
   absl::Status RestoreState(std::string_view in,
                             std::vector<std::string>* skipped,
                             std::vector<std::string>* discarded);
@@ -166,6 +173,7 @@ class Engine {
   TupleHasher hasher_;
   RedeliveryWindow window_;
   uint64_t window_saved_ = 0;  // window_.taken() as of the last SaveState
+  size_t capture_rule_ = 0;    // CaptureSlice: the rule it is copying
   uint64_t events_ = 0;
   uint64_t redelivered_ = 0;
 };

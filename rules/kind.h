@@ -12,6 +12,7 @@
 #ifndef INVARIANTD_RULES_KIND_H_
 #define INVARIANTD_RULES_KIND_H_
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <functional>
@@ -135,6 +136,21 @@ class RuleState {
   virtual void TrackChanges() {}
   virtual size_t SaveState(const ImageSpec& spec, Pieces* out) { return 0; }
   virtual bool RestoreState(std::string_view in) { return in.empty(); }
+
+  // Slices taken ahead of the checkpoint that writes them, so that the
+  // checkpoint itself does not stop the evaluating thread for the scan.
+  // BeginSlice(first, last) names the hash range of the next SaveState's
+  // slice; CaptureSlice(max_slots) copies about that many table slots'
+  // worth of it and returns true once all of it is copied; SaveState then
+  // writes what was copied (and copies the rest). A slice so copied holds
+  // each key as it was at some moment since the previous SaveState, and
+  // comes first in the image, before the changes: a key changed after it
+  // was copied is then set by its change, and one changed before by a
+  // change that left it as the slice has it. A range that differs from
+  // SaveState's spec is dropped and scanned at SaveState. Kinds that do
+  // not capture keep the defaults and scan at SaveState.
+  virtual void BeginSlice(uint64_t first, uint64_t last) {}
+  virtual bool CaptureSlice(size_t max_slots) { return true; }
 };
 
 class KindConfig {
@@ -273,14 +289,17 @@ class KeyedRuleState final : public RuleState {
     table_.TrackChanges(/*on_touch=*/false);
     tracking_ = true;
     log_.clear();
+    DropSlice();
   }
 
   // Image: layout tag, then (key, present, state) per entry; a state that
-  // is trivially copyable is stored as its bytes. Such states log each
-  // change as it happens (Observe), so an image is that log -- in order,
-  // later entries of a key win -- then the erasures, then the slice: no
-  // lookup, sort or scan of the changed keys. States that own heap are
-  // written once per changed key, as they are at the checkpoint.
+  // is trivially copyable is stored as its bytes. A full image is every
+  // key. Otherwise: the slice (copied ahead by CaptureSlice, or now), then
+  // the changes. Trivially copyable states log each change as it happens
+  // (Observe), so their changes are that log -- in order, later entries of
+  // a key win -- then the erasures: no lookup, sort or scan of the changed
+  // keys. States that own heap are written once per changed key, as they
+  // are at the checkpoint.
   size_t SaveState(const ImageSpec& spec, Pieces* out) override {
     std::string* to = out->tail();
     PutU64(to, LayoutTag());
@@ -288,22 +307,73 @@ class KeyedRuleState final : public RuleState {
     auto put = [&](const Hash128& key, const typename K::State* s) {
       PutEntry(to, key, s);
     };
-    if constexpr (!kOwnsHeap) {
-      if (!spec.full) {
-        // The log is moved into the image, not copied; the next one gets
-        // room for as much (untouched pages cost nothing).
-        const size_t used = log_.size();
-        out->Adopt(std::move(log_));
-        log_ = std::string();
-        log_.reserve(std::min(used + used / 4, size_t{64} << 20));
-        to = out->tail();
-        table_.DrainErased([&](const Hash128& k) { put(k, nullptr); });
-      } else {
+    if (spec.full) {
+      DropSlice();
+      if constexpr (!kOwnsHeap) {
         log_.clear();
         table_.DrainErased([](const Hash128&) {});
       }
+      return PutTableImage(table_, spec, to, put);
     }
-    return PutTableImage(table_, spec, to, put);
+    size_t slice_bytes = 0;
+    if (spec.slice) {
+      if (!capturing_ || slice_first_ != spec.first ||
+          slice_last_ != spec.last) {
+        BeginSlice(spec.first, spec.last);
+      }
+      while (!CaptureSlice(SIZE_MAX)) {
+      }
+      slice_bytes = slice_.size();
+      out->Adopt(std::move(slice_));
+      slice_ = std::string();
+      capturing_ = false;
+      to = out->tail();
+    }
+    if constexpr (!kOwnsHeap) {
+      // The log is moved into the image, not copied; the next one gets
+      // room for as much (untouched pages cost nothing).
+      const size_t used = log_.size();
+      out->Adopt(std::move(log_));
+      log_ = std::string();
+      log_.reserve(std::min(used + used / 4, size_t{64} << 20));
+      to = out->tail();
+      table_.DrainErased([&](const Hash128& k) { put(k, nullptr); });
+    } else {
+      table_.DrainChanges(put);
+    }
+    return slice_bytes;
+  }
+
+  void BeginSlice(uint64_t first, uint64_t last) override {
+    slice_.clear();
+    capturing_ = first <= last;
+    slice_first_ = slice_next_ = first;
+    slice_last_ = last;
+    slice_done_ = !capturing_;
+  }
+
+  bool CaptureSlice(size_t max_slots) override {
+    if (!capturing_ || slice_done_) return true;
+    // The hash width of `max_slots` home positions (a home is the top
+    // bits of the hash), at least one.
+    const size_t slots = std::max<size_t>(table_.capacity(), 1);
+    const uint64_t per_slot = std::max<uint64_t>(UINT64_MAX / slots, 1);
+    const uint64_t width = max_slots >= UINT64_MAX / per_slot
+                               ? UINT64_MAX
+                               : per_slot * static_cast<uint64_t>(max_slots);
+    const uint64_t end = slice_last_ - slice_next_ < width
+                             ? slice_last_
+                             : slice_next_ + width - 1;
+    table_.ForEachInRange(slice_next_, end,
+                          [&](const Hash128& k, const typename K::State& s) {
+                            PutEntry(&slice_, k, &s);
+                          });
+    if (end == slice_last_) {
+      slice_done_ = true;
+    } else {
+      slice_next_ = end + 1;
+    }
+    return slice_done_;
   }
 
   bool RestoreState(std::string_view in) override {
@@ -375,10 +445,24 @@ class KeyedRuleState final : public RuleState {
       return K::HeapBytes(s);
     }
   };
+  void DropSlice() {
+    slice_ = std::string();
+    capturing_ = false;
+  }
+
   const typename K::Config* config_;
   KeyTable<typename K::State, HeapOf> table_;
   bool tracking_ = false;
   std::string log_;  // changes since the last SaveState (trivial states)
+  // The next image's slice, copied ahead (BeginSlice, CaptureSlice): the
+  // entries of hashes [slice_first_, slice_next_) so far, all of them up to
+  // slice_last_ once slice_done_.
+  std::string slice_;
+  bool capturing_ = false;
+  bool slice_done_ = true;
+  uint64_t slice_first_ = 0;
+  uint64_t slice_next_ = 0;
+  uint64_t slice_last_ = 0;
 };
 
 }  // namespace invariantd

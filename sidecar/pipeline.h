@@ -413,6 +413,15 @@ class Pipeline : public RecordSink {
   uint64_t since_marker_ = 0;  // records sent to workers since the marker
   std::chrono::steady_clock::time_point last_marker_;
   bool force_full_ = true;
+  // The spec of the next checkpoint, decided at the marker before it so
+  // that the workers can copy its slice ahead (Engine::BeginSlice); none
+  // when the next one will be full.
+  struct PlannedImage {
+    ImageSpec spec;
+    double fraction = 0;
+    uint64_t keep = 0;
+  };
+  std::optional<PlannedImage> planned_;
   // The rolling base (see NextImageSpec), in checkpoint numbers: the last
   // one emitted, the first one a restore needs, the first one of the round
   // of slices under way, and where in the hash space it has reached.
