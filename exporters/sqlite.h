@@ -6,6 +6,7 @@
 #include <sqlite3.h>
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <string_view>
 
@@ -30,7 +31,7 @@ class StmtCache {
   StmtCache& operator=(const StmtCache&) = delete;
 
   void Clear() {
-    for (auto& [sql, entry] : entries_) sqlite3_finalize(entry.stmt);
+    for (auto& [sql, entry] : entries_) sqlite3_finalize(entry->stmt);
     entries_.clear();
   }
   size_t size() const { return entries_.size(); }
@@ -57,15 +58,21 @@ class StmtCache {
         return nullptr;
       }
       ++compiled_;
-      it = entries_.emplace(std::string(sql), Entry{stmt, false}).first;
+      it = entries_
+               .emplace(std::string(sql),
+                        std::make_unique<Entry>(Entry{stmt, false}))
+               .first;
     }
-    if (it->second.in_use) return nullptr;
-    it->second.in_use = true;
-    return &it->second;
+    Entry* e = it->second.get();
+    if (e->in_use) return nullptr;
+    e->in_use = true;
+    return e;
   }
 
   sqlite3* db_;
-  StringMap<Entry> entries_;
+  // Boxed: a borrower holds its Entry* while other SQL is added, and the
+  // map moves its values when it grows.
+  StringMap<std::unique_ptr<Entry>> entries_;
   uint64_t compiled_ = 0;
 };
 

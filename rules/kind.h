@@ -316,6 +316,7 @@ class KeyedRuleState final : public RuleState {
       return PutTableImage(table_, spec, to, put);
     }
     size_t slice_bytes = 0;
+    if (!spec.slice) DropSlice();  // copied before these changes: stale
     if (spec.slice) {
       if (!capturing_ || slice_first_ != spec.first ||
           slice_last_ != spec.last) {

@@ -585,10 +585,13 @@ void Pipeline::WorkerLoop(Worker* w) {
     // A step of the next checkpoint's slice between batches (and, when
     // idle, until it is copied or events arrive): the marker then writes
     // what was copied instead of stopping this thread to scan it.
-    if (w->copying_slice) {
+    // Not while a reload waits for this worker, nor once the queue is
+    // closed (stopping: that slice will not be written).
+    if (w->copying_slice && !w->queue.closed()) {
       do {
         w->copying_slice = !w->engine->CaptureSlice(kSliceStepSlots);
-      } while (w->copying_slice && drained && w->queue.size() == 0);
+      } while (w->copying_slice && drained && barrier == nullptr &&
+               w->queue.size() == 0 && !w->queue.closed());
     }
     // About to wait for work: what it did so far is what the metrics
     // should show, however long the wait.

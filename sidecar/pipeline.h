@@ -172,6 +172,10 @@ class BoundedQueue {
     return items_.size();
   }
   size_t capacity() const { return capacity_; }
+  bool closed() const {
+    std::lock_guard<std::mutex> l(mu_);
+    return closed_;
+  }
 
  private:
   const size_t capacity_;

@@ -4,8 +4,10 @@
 
 #include <sqlite3.h>
 
+#include <memory>
 #include <string>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 
 namespace invariantd {
@@ -62,6 +64,28 @@ TEST_F(StmtCacheTest, AStatementIsCompiledOnceAndComesBackReset) {
     ASSERT_EQ(sel.Step(), SQLITE_DONE);  // ?1 is NULL: no row
   }
   EXPECT_EQ(cache_->compiled(), 2u);
+}
+
+// As in an evidence commit: statements stay borrowed while others are
+// compiled and added to the cache for the first time.
+TEST_F(StmtCacheTest, AStatementHeldWhileOthersAreAddedComesBack) {
+  {
+    Stmt held(cache_.get(), "SELECT 1");
+    ASSERT_TRUE(held.status().ok());
+    for (int i = 0; i < 40; ++i) {
+      Stmt other(cache_.get(), absl::StrCat("SELECT ", i + 2));
+      ASSERT_TRUE(other.status().ok());
+    }
+    ASSERT_EQ(held.Step(), SQLITE_ROW);
+    EXPECT_EQ(held.Int(0), 1);
+  }
+  const uint64_t compiled = cache_->compiled();
+  EXPECT_EQ(compiled, 41u);
+  for (int i = 0; i < 3; ++i) {
+    Stmt again(cache_.get(), "SELECT 1");
+    ASSERT_EQ(again.Step(), SQLITE_ROW);
+  }
+  EXPECT_EQ(cache_->compiled(), compiled);  // handed back, reused
 }
 
 TEST_F(StmtCacheTest, NestedUseOfTheSameSqlGetsItsOwnStatement) {
