@@ -17,6 +17,7 @@
 //
 // docs/benchmarks.md records the results.
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -32,7 +33,17 @@ namespace {
 
 constexpr int64_t kNodes = 250000;
 
-LoadResult LoadPack() { return LoadRuleFiles({"rules/packs/etcd-raft.yaml"}); }
+// The etcd-raft pack, or null after marking the benchmark failed.
+std::shared_ptr<const RuleSet> LoadPack(benchmark::State& state) {
+  LoadResult loaded = LoadRuleFiles({"rules/packs/etcd-raft.yaml"});
+  if (!loaded.ok()) {
+    state.SkipWithError(
+        "cannot load rules/packs/etcd-raft.yaml (run from the repository "
+        "root)");
+    return nullptr;
+  }
+  return loaded.rules;
+}
 
 // Events of the etcd trace shape, as the decoder leaves them.
 class Events {
@@ -76,17 +87,12 @@ class Events {
 
 void BM_DispatcherImage(benchmark::State& state) {
   const int64_t per_interval = state.range(0);
-  LoadResult loaded = LoadPack();
-  if (!loaded.ok()) {
-    state.SkipWithError(
-        "cannot load rules/packs/etcd-raft.yaml (run from "
-        "the repository root)");
-    return;
-  }
+  const std::shared_ptr<const RuleSet> rules = LoadPack(state);
+  if (rules == nullptr) return;
   EngineOptions opts;  // the default window: 65,536 identities
-  Engine engine(loaded.rules, opts);
+  Engine engine(rules, opts);
   engine.TrackChanges();
-  Events events(loaded.rules->fields());
+  Events events(rules->fields());
   PreparedEvent p = engine.NewPrepared();
   int64_t i = 0;
   ImageSpec spec;
@@ -113,17 +119,12 @@ void BM_DispatcherImage(benchmark::State& state) {
 
 void BM_WorkerImage(benchmark::State& state) {
   const int64_t per_interval = state.range(0);
-  LoadResult loaded = LoadPack();
-  if (!loaded.ok()) {
-    state.SkipWithError(
-        "cannot load rules/packs/etcd-raft.yaml (run from "
-        "the repository root)");
-    return;
-  }
+  const std::shared_ptr<const RuleSet> rules = LoadPack(state);
+  if (rules == nullptr) return;
   EngineOptions opts;
   opts.dedupe_window = 0;  // the dispatcher's job
-  Engine engine(loaded.rules, opts);
-  Events events(loaded.rules->fields());
+  Engine engine(rules, opts);
+  Events events(rules->fields());
   std::vector<Violation> out;
   int64_t i = 0;
   for (; i < 2 * kNodes; ++i) engine.Process(events.Make(i), &out);
