@@ -22,18 +22,16 @@ namespace sqlite_internal {
 // path: compiling the evidence INSERT of 21 columns costs more CPU than
 // running it, and an evidence commit is on the path of every violation.
 // One cache per connection, used only by the thread that uses the
-// connection; clear (or destroy) it before closing the connection.
+// connection; destroy it before closing the connection.
 class StmtCache {
  public:
   explicit StmtCache(sqlite3* db) : db_(db) {}
-  ~StmtCache() { Clear(); }
+  ~StmtCache() {
+    for (auto& [sql, entry] : entries_) sqlite3_finalize(entry->stmt);
+  }
   StmtCache(const StmtCache&) = delete;
   StmtCache& operator=(const StmtCache&) = delete;
 
-  void Clear() {
-    for (auto& [sql, entry] : entries_) sqlite3_finalize(entry->stmt);
-    entries_.clear();
-  }
   size_t size() const { return entries_.size(); }
   sqlite3* db() const { return db_; }
   // Statements compiled so far (tests: a reused one is not compiled again).

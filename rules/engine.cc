@@ -332,11 +332,11 @@ size_t Engine::SaveState(const ImageSpec& spec, Pieces* pieces) {
 }
 
 void Engine::BeginSlice(const ImageSpec& next) {
-  capture_rule_ = 0;
   if (next.full || !next.slice) {
     capture_rule_ = states_.size();  // nothing to copy ahead
     return;
   }
+  capture_rule_ = 0;
   for (auto& st : states_) st->BeginSlice(next.first, next.last);
 }
 

@@ -316,8 +316,9 @@ class KeyedRuleState final : public RuleState {
       return PutTableImage(table_, spec, to, put);
     }
     size_t slice_bytes = 0;
-    if (!spec.slice) DropSlice();  // copied before these changes: stale
-    if (spec.slice) {
+    if (!spec.slice) {
+      DropSlice();  // copied before these changes: stale
+    } else {
       if (!capturing_ || slice_first_ != spec.first ||
           slice_last_ != spec.last) {
         BeginSlice(spec.first, spec.last);

@@ -608,15 +608,16 @@ void Pipeline::EmitMarker() {
   m->epoch = ++epoch_;
   const auto now = std::chrono::steady_clock::now();
   StateCheckpoint& c = m->checkpoint;
-  if (force_full_) planned_.reset();  // a reload or restore since the plan
-  if (planned_) {
-    m->spec = planned_->spec;
-    m->fraction = planned_->fraction;
-    c.keep = planned_->keep;
+  // The plan made at the last marker, unless a reload or restore since
+  // then asks for a full image.
+  const std::optional<PlannedImage> plan = std::exchange(planned_, {});
+  if (plan && !force_full_) {
+    m->spec = plan->spec;
+    m->fraction = plan->fraction;
+    c.keep = plan->keep;
   } else {
     m->spec = NextImageSpec(now, &m->fraction, &c.keep);
   }
-  planned_.reset();
   if (!force_full_) {
     PlannedImage next;
     next.spec = NextImageSpec(now, &next.fraction, &next.keep);
