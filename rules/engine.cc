@@ -8,6 +8,7 @@ namespace invariantd {
 
 Engine::Engine(std::shared_ptr<const RuleSet> rules, EngineOptions options)
     : rules_(std::move(rules)), options_(options) {
+  PlanSharedTables();
   for (size_t i = 0; i < rules_->rules().size(); ++i) {
     states_.push_back(NewState(i));
   }
@@ -16,11 +17,62 @@ Engine::Engine(std::shared_ptr<const RuleSet> rules, EngineOptions options)
   window_ = RedeliveryWindow(options_.dedupe_window);
 }
 
+void Engine::PlanSharedTables() {
+  const std::vector<Rule>& rules = rules_->rules();
+  shared_of_.assign(rules.size(), nullptr);
+  member_of_.assign(rules.size(), -1);
+  if (!options_.share_tables) return;
+  struct Group {
+    const Rule* first = nullptr;
+    std::vector<size_t> rules;
+    std::vector<size_t> sizes;
+    size_t bytes = 0;
+  };
+  std::vector<Group> groups;
+  for (size_t i = 0; i < rules.size(); ++i) {
+    const Rule& r = rules[i];
+    if (r.when != nullptr || !r.config->NeedsKey()) continue;
+    const size_t size = r.config->SharedStateSize();
+    const size_t rounded = SharedKeyTable::RoundedSize(size, 8);
+    if (rounded == 0) continue;
+    Group* g = nullptr;
+    for (Group& o : groups) {
+      if (o.first->key_group == r.key_group &&
+          o.first->max_keys == r.max_keys && o.first->overflow == r.overflow &&
+          o.rules.size() < SharedKeyTable::kMaxMembers &&
+          o.bytes + rounded <= SharedKeyTable::kMaxStateBytes) {
+        g = &o;
+        break;
+      }
+    }
+    if (g == nullptr) {
+      g = &groups.emplace_back();
+      g->first = &r;
+    }
+    g->rules.push_back(i);
+    g->sizes.push_back(size);
+    g->bytes += rounded;
+  }
+  const size_t shards = options_.shards == 0 ? 1 : options_.shards;
+  for (const Group& g : groups) {
+    if (g.rules.size() < 2) continue;  // alone: a table of its own
+    auto table = SharedKeyTable::Create(
+        g.sizes, (g.first->max_keys + shards - 1) / shards, g.first->overflow);
+    if (table == nullptr) continue;
+    for (size_t m = 0; m < g.rules.size(); ++m) {
+      shared_of_[g.rules[m]] = table;
+      member_of_[g.rules[m]] = static_cast<int>(m);
+    }
+  }
+}
+
 std::unique_ptr<RuleState> Engine::NewState(size_t i) const {
   const Rule& r = rules_->rules()[i];
   const size_t shards = options_.shards == 0 ? 1 : options_.shards;
   std::unique_ptr<RuleState> s =
-      r.config->NewState((r.max_keys + shards - 1) / shards, r.overflow);
+      shared_of_[i] != nullptr
+          ? r.config->NewSharedState(shared_of_[i], member_of_[i])
+          : r.config->NewState((r.max_keys + shards - 1) / shards, r.overflow);
   s->SetBudget(options_.budget.get());
   if (r.expected_keys > 0 && options_.reserve_expected_keys) {
     // Keys split over shards by hash: a shard's count varies by about its
@@ -236,6 +288,7 @@ void Engine::PublishGauge(const Rule& rule, const Event& event) {
 
 std::vector<std::string> Engine::TakeStateFrom(Engine& old) {
   std::vector<std::string> carried;
+  std::vector<const SharedKeyTable*> kept_tables;
   const std::vector<Rule>& now = rules_->rules();
   const std::vector<Rule>& before = old.rules_->rules();
   for (size_t i = 0; i < now.size(); ++i) {
@@ -243,12 +296,24 @@ std::vector<std::string> Engine::TakeStateFrom(Engine& old) {
       if (before[j].name == now[i].name && before[j].digest == now[i].digest &&
           old.states_[j] != nullptr) {
         states_[i] = std::move(old.states_[j]);
+        if (SharedKeyTable* t = states_[i]->shared_table()) {
+          kept_tables.push_back(t);
+        }
         states_[i]->Rebind(now[i].config.get());
         states_[i]->SetBudget(options_.budget.get());
         counters_[i] = old.counters_[j];
         carried.push_back(now[i].name);
         break;
       }
+    }
+  }
+  // A rule left behind takes its keys out of a table that rules carried
+  // over still use.
+  for (auto& st : old.states_) {
+    if (st != nullptr && st->shared_table() != nullptr &&
+        std::find(kept_tables.begin(), kept_tables.end(), st->shared_table()) !=
+            kept_tables.end()) {
+      st->Discard();
     }
   }
   if (options_.dedupe_window == old.options_.dedupe_window) {
@@ -385,7 +450,7 @@ absl::Status Engine::RestoreState(std::string_view in,
       continue;  // its base was unreadable: later changes mean nothing
     }
     if (!states_[i]->RestoreState(image)) {
-      states_[i] = NewState(i);
+      ResetState(i);
       if (std::find(discarded->begin(), discarded->end(), name) ==
           discarded->end()) {
         discarded->emplace_back(name);
@@ -409,8 +474,13 @@ void Engine::ResetRules(const std::vector<std::string>& names) {
     if (std::find(names.begin(), names.end(), rules[i].name) == names.end()) {
       continue;
     }
-    states_[i] = NewState(i);
+    ResetState(i);
   }
+}
+
+void Engine::ResetState(size_t i) {
+  states_[i]->Discard();
+  states_[i] = NewState(i);
 }
 
 std::vector<RuleStats> Engine::Stats() const {

@@ -49,6 +49,11 @@ struct EngineOptions {
   // the start. False for an engine whose rule states stay empty (the
   // pipeline's dispatcher only prepares events and detects redeliveries).
   bool reserve_expected_keys = true;
+  // Rules keyed by the same key tuple, with the same max_keys and overflow
+  // policy, no `when`, and plain-data state keep their keys in one shared
+  // table (rules/shared_key_table.h): one lookup per event for all of them.
+  // False gives every rule a table of its own (tests compare the two).
+  bool share_tables = true;
 };
 
 struct RuleCounters {
@@ -156,6 +161,11 @@ class Engine {
  private:
   // A fresh state for rule `i`, with its share of max_keys and the budget.
   std::unique_ptr<RuleState> NewState(size_t i) const;
+  // Drops rule i's state for a fresh one (keys it shared go too).
+  void ResetState(size_t i);
+  // Which rules share a table (options_.share_tables): shared_of_[i] and
+  // member_of_[i], null for a rule with a table of its own.
+  void PlanSharedTables();
   Hash128 Identity(const Event& event);
   void PublishGauge(const Rule& rule, const Event& event);
   // `when` and key for one rule. Returns kOk when the rule applies; its key
@@ -167,6 +177,8 @@ class Engine {
 
   std::shared_ptr<const RuleSet> rules_;
   EngineOptions options_;
+  std::vector<std::shared_ptr<SharedKeyTable>> shared_of_;
+  std::vector<int> member_of_;
   std::vector<std::unique_ptr<RuleState>> states_;
   std::vector<RuleCounters> counters_;
   PreparedEvent scratch_;  // for Process()

@@ -65,10 +65,18 @@ struct NoHeap {
   size_t operator()(const State&) const { return 0; }
 };
 
+// Called with each key the table evicts and its state, just before it goes
+// (rules/shared_key_table.h counts evictions per rule with it).
+template <typename State>
+struct NoEvictHook {
+  void operator()(const Hash128&, const State&) const {}
+};
+
 // `HeapOf(state)` is the heap memory a State owns: the table subtracts it
 // when it removes a state, and the caller reports changes with
 // AddHeapBytes, so heap_bytes() is exact without a scan.
-template <typename State, typename HeapOf = NoHeap<State>>
+template <typename State, typename HeapOf = NoHeap<State>,
+          typename OnEvict = NoEvictHook<State>>
 class KeyTable {
  public:
   // `incremental_from_bytes`: old arrays at least this large are migrated
@@ -83,6 +91,8 @@ class KeyTable {
   KeyTable& operator=(const KeyTable&) = delete;
   KeyTable(KeyTable&&) noexcept = default;
   KeyTable& operator=(KeyTable&&) noexcept = default;
+
+  void SetEvictHook(OnEvict hook) { on_evict_ = std::move(hook); }
 
   // Result of FindOrInsert.
   struct Ref {
@@ -642,6 +652,7 @@ class KeyTable {
         oldest_age = age;
       }
     }
+    on_evict_(victim_array->at(victim).key, *victim_array->state(victim));
     Remove(victim_array, victim);
     ++evicted_;
     if (Migrating() && old_.live == 0) {
@@ -676,6 +687,7 @@ class KeyTable {
   uint64_t evicted_ = 0;
   uint64_t rejected_ = 0;
   uint64_t budget_refusals_ = 0;
+  [[no_unique_address]] OnEvict on_evict_;
   BudgetCharge charge_;  // last: released before the arrays are freed
 };
 

@@ -26,6 +26,7 @@
 
 #include "rules/expr.h"
 #include "rules/key_table.h"
+#include "rules/shared_key_table.h"
 #include "sidecar/core/binary.h"
 #include "sidecar/core/event.h"
 #include "sidecar/core/hash.h"
@@ -121,6 +122,12 @@ class RuleState {
   // Optional: sizes the state for `keys` keys up front (a rule's
   // expected_keys; see KeyTable::Reserve). Stateless kinds keep the default.
   virtual void Reserve(size_t keys) {}
+  // The table this state shares with other rules' (null: none; see
+  // KindConfig::NewSharedState).
+  virtual SharedKeyTable* shared_table() const { return nullptr; }
+  // For a state dropped while rules it shares a table with keep theirs:
+  // takes its keys out of the shared table. Others keep the default.
+  virtual void Discard() {}
 
   // Checkpoints (sidecar/pipeline). After TrackChanges(), SaveState appends
   // to `out` an image of what changed since the previous SaveState, plus
@@ -165,6 +172,16 @@ class KindConfig {
   virtual const Expr* GaugeField() const { return nullptr; }
   virtual std::unique_ptr<RuleState> NewState(size_t max_keys,
                                               OverflowPolicy policy) const = 0;
+  // Kinds whose per-key state is plain data keyed by the rule's key can
+  // keep it in a table shared with other rules of the same key
+  // (rules/shared_key_table.h; the engine decides). SharedStateSize is the
+  // state's size (0: cannot share); NewSharedState makes the state of
+  // member `member` of `table`.
+  virtual size_t SharedStateSize() const { return 0; }
+  virtual std::unique_ptr<RuleState> NewSharedState(
+      std::shared_ptr<SharedKeyTable> table, int member) const {
+    return nullptr;
+  }
 };
 
 // The loader's view given to a kind while it compiles. Every getter reports
@@ -230,12 +247,19 @@ inline ObserveStatus EvalValue(const Expr& expr, const Event& event,
 //     static void Encode(const State&, std::string* out);
 //     static bool Decode(std::string_view* in, State* s);
 //   };
-template <typename K>
+//
+// With kShared the keys live in a table shared with other rules of the same
+// key (rules/shared_key_table.h) instead of one of the rule's own; only
+// plain-data states can share one.
+template <typename K, bool kShared = false>
 class KeyedRuleState final : public RuleState {
  public:
   KeyedRuleState(const typename K::Config* config, size_t max_keys,
                  OverflowPolicy policy)
       : config_(config), table_(max_keys, policy) {}
+  KeyedRuleState(const typename K::Config* config,
+                 std::shared_ptr<SharedKeyTable> table, int member)
+      : config_(config), table_(std::move(table), member) {}
 
   ObserveStatus Observe(const ObserveInput& in,
                         std::optional<Finding>* finding) override {
@@ -271,6 +295,14 @@ class KeyedRuleState final : public RuleState {
 
   void Rebind(const KindConfig* config) override {
     config_ = static_cast<const typename K::Config*>(config);
+  }
+
+  SharedKeyTable* shared_table() const override {
+    if constexpr (kShared) return table_.shared();
+    return nullptr;
+  }
+  void Discard() override {
+    if constexpr (kShared) table_.Clear();
   }
 
   void Prefetch(const Hash128& key) const override {
@@ -452,8 +484,12 @@ class KeyedRuleState final : public RuleState {
     capturing_ = false;
   }
 
+  static_assert(!kShared || !kOwnsHeap, "only plain states share tables");
+  using Table = std::conditional_t<kShared, SharedMember<typename K::State>,
+                                   KeyTable<typename K::State, HeapOf>>;
+
   const typename K::Config* config_;
-  KeyTable<typename K::State, HeapOf> table_;
+  Table table_;
   bool tracking_ = false;
   std::string log_;  // changes since the last SaveState (trivial states)
   // The next image's slice, copied ahead (BeginSlice, CaptureSlice): the
@@ -465,6 +501,38 @@ class KeyedRuleState final : public RuleState {
   uint64_t slice_first_ = 0;
   uint64_t slice_next_ = 0;
   uint64_t slice_last_ = 0;
+};
+
+// The Config base of a kind K kept in a KeyedRuleState<K>: makes its
+// states, and, for plain-data states, lets them share a table.
+template <typename K>
+class KeyedKindConfig : public KindConfig {
+ public:
+  std::unique_ptr<RuleState> NewState(size_t max_keys,
+                                      OverflowPolicy p) const override {
+    return std::make_unique<KeyedRuleState<K>>(Self(), max_keys, p);
+  }
+  size_t SharedStateSize() const override {
+    if constexpr (std::is_trivially_copyable_v<typename K::State> &&
+                  K::kTableKeyIsRuleKey && alignof(typename K::State) <= 8) {
+      return sizeof(typename K::State);
+    }
+    return 0;
+  }
+  std::unique_ptr<RuleState> NewSharedState(
+      std::shared_ptr<SharedKeyTable> table, int member) const override {
+    if constexpr (std::is_trivially_copyable_v<typename K::State> &&
+                  K::kTableKeyIsRuleKey && alignof(typename K::State) <= 8) {
+      return std::make_unique<KeyedRuleState<K, true>>(Self(), std::move(table),
+                                                       member);
+    }
+    return nullptr;
+  }
+
+ private:
+  const typename K::Config* Self() const {
+    return static_cast<const typename K::Config*>(this);
+  }
 };
 
 }  // namespace invariantd

@@ -43,13 +43,9 @@ OwnedValue Preview(const Value& v) {
 }
 
 struct Agreement {
-  struct Config : KindConfig {
+  struct Config : KeyedKindConfig<Agreement> {
     std::unique_ptr<Expr> field;
     size_t max_distinct = 1;
-    std::unique_ptr<RuleState> NewState(size_t max_keys,
-                                        OverflowPolicy p) const override {
-      return std::make_unique<KeyedRuleState<Agreement>>(this, max_keys, p);
-    }
   };
   struct Seen {
     Hash128 hash;

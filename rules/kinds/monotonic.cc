@@ -13,14 +13,10 @@ namespace invariantd {
 namespace {
 
 struct Monotonic {
-  struct Config : KindConfig {
+  struct Config : KeyedKindConfig<Monotonic> {
     std::unique_ptr<Expr> field;
     bool strict = false;
     const Expr* GaugeField() const override { return field.get(); }
-    std::unique_ptr<RuleState> NewState(size_t max_keys,
-                                        OverflowPolicy p) const override {
-      return std::make_unique<KeyedRuleState<Monotonic>>(this, max_keys, p);
-    }
   };
   // 16 bytes: the last value (int64 or double bits) and the line that set it
   // (first reached it; 56 bits) with the number kind in the top byte.

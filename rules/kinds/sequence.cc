@@ -11,13 +11,9 @@ namespace invariantd {
 namespace {
 
 struct Sequence {
-  struct Config : KindConfig {
+  struct Config : KeyedKindConfig<Sequence> {
     std::unique_ptr<Expr> field;
     const Expr* GaugeField() const override { return field.get(); }
-    std::unique_ptr<RuleState> NewState(size_t max_keys,
-                                        OverflowPolicy p) const override {
-      return std::make_unique<KeyedRuleState<Sequence>>(this, max_keys, p);
-    }
   };
   struct State {
     int64_t last = 0;

@@ -21,7 +21,7 @@ namespace invariantd {
 namespace {
 
 struct Transition {
-  struct Config : KindConfig {
+  struct Config : KeyedKindConfig<Transition> {
     std::unique_ptr<Expr> field;
     std::vector<std::string> names;       // state index -> name
     StringMap<uint32_t> index;            // name -> state index
@@ -29,10 +29,6 @@ struct Transition {
     std::vector<bool> initial;            // empty: any
     std::vector<bool> terminal;
     bool allow_self = true;
-    std::unique_ptr<RuleState> NewState(size_t max_keys,
-                                        OverflowPolicy p) const override {
-      return std::make_unique<KeyedRuleState<Transition>>(this, max_keys, p);
-    }
   };
   static constexpr uint32_t kNone = UINT32_MAX;  // no known state yet
   struct State {

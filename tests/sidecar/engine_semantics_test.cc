@@ -166,6 +166,7 @@ TEST(EngineSemanticsTest, ExpectedKeysSizeTheStateUpFrontPerShard) {
   auto budget = std::make_shared<MemoryBudget>(1 << 30);
   EngineOptions one;
   one.budget = budget;
+  one.share_tables = false;  // two rules of one key: each its own table
   EngineOptions two = one;
   two.shards = 2;
   const Engine whole(loaded.rules, one);
