@@ -430,8 +430,7 @@ class KeyedRuleState final : public RuleState {
       } else {
         if (!GetRaw(&in, &state)) return false;
       }
-      auto ref = table_.FindOrInsert(key);
-      if (ref.state == nullptr) continue;  // over max_keys: counted
+      auto ref = table_.RestoreInsert(key);
       if constexpr (kOwnsHeap) {
         const size_t before = ref.inserted ? 0 : K::HeapBytes(*ref.state);
         *ref.state = std::move(state);

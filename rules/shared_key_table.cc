@@ -17,20 +17,10 @@ class SharedKeyTableOf final : public SharedKeyTable {
   }
 
   Ref FindOrInsert(const Hash128& key, int m) override {
-    const uint64_t refusals = table_.budget_refusals();
-    auto ref = table_.FindOrInsert(key);
-    Member& mem = members_[m];
-    mem.refusals += table_.budget_refusals() - refusals;
-    if (ref.state == nullptr) {
-      ++mem.rejected;
-      return Ref{};
-    }
-    unsigned char* b = ref.state->b;
-    void* state = b + mem.offset;
-    if (b[0] & Bit(m)) return Ref{state, false};
-    b[0] |= Bit(m);
-    ++mem.keys;
-    return Ref{state, true};
+    return Upsert<true>(key, m);
+  }
+  Ref RestoreInsert(const Hash128& key, int m) override {
+    return Upsert<false>(key, m);
   }
 
   void* Find(const Hash128& key, int m) override {
@@ -40,6 +30,7 @@ class SharedKeyTableOf final : public SharedKeyTable {
   }
 
   bool Erase(const Hash128& key, int m) override {
+    cached_ = nullptr;
     Blob* blob = table_.Find(key);
     if (blob == nullptr || !(blob->b[0] & Bit(m))) return false;
     blob->b[0] &= static_cast<uint8_t>(~Bit(m));
@@ -79,7 +70,10 @@ class SharedKeyTableOf final : public SharedKeyTable {
     budget_set_ = budget;
     budget_known_ = true;
   }
-  bool Reserve(size_t keys) override { return table_.Reserve(keys); }
+  bool Reserve(size_t keys) override {
+    cached_ = nullptr;
+    return table_.Reserve(keys);
+  }
 
  protected:
   std::vector<Hash128> KeysOf(int m) const override {
@@ -92,6 +86,36 @@ class SharedKeyTableOf final : public SharedKeyTable {
   struct Blob {
     alignas(8) unsigned char b[N];
   };
+
+  template <bool kBounded>
+  Ref Upsert(const Hash128& key, int m) {
+    Member& mem = members_[m];
+    Blob* blob = nullptr;
+    // The members of an event ask one after another for the same key: the
+    // slot the first one got stays valid until the table next changes.
+    if (cached_ != nullptr && key == cached_key_) {
+      blob = cached_;
+    } else {
+      const uint64_t refusals = table_.budget_refusals();
+      auto ref =
+          kBounded ? table_.FindOrInsert(key) : table_.RestoreInsert(key);
+      mem.refusals += table_.budget_refusals() - refusals;
+      if (ref.state == nullptr) {
+        cached_ = nullptr;
+        ++mem.rejected;
+        return Ref{};
+      }
+      blob = ref.state;
+      cached_ = blob;
+      cached_key_ = key;
+    }
+    unsigned char* b = blob->b;
+    void* state = b + mem.offset;
+    if (b[0] & Bit(m)) return Ref{state, false};
+    b[0] |= Bit(m);
+    ++mem.keys;
+    return Ref{state, true};
+  }
   struct EvictHook {
     SharedKeyTableOf* owner = nullptr;
     void operator()(const Hash128& key, const Blob& s) const {
@@ -101,6 +125,10 @@ class SharedKeyTableOf final : public SharedKeyTable {
 
   KeyTable<Blob, NoHeap<Blob>, EvictHook> table_;
   mutable Hash128 last_prefetch_{0, 0};
+  // The slot of the last FindOrInsert; null once anything else may have
+  // moved it (every other mutating call).
+  Blob* cached_ = nullptr;
+  Hash128 cached_key_{0, 0};
   MemoryBudget* budget_set_ = nullptr;
   bool budget_known_ = false;
 };

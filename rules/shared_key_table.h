@@ -75,6 +75,8 @@ class SharedKeyTable {
   // Finds `key` for member `m`, adding it (to the table, to the member, or
   // both) when absent. The pointer is valid until the next mutating call.
   virtual Ref FindOrInsert(const Hash128& key, int m) = 0;
+  // For restores: unbounded (KeyTable::RestoreInsert).
+  virtual Ref RestoreInsert(const Hash128& key, int m) = 0;
   // Member m's state of `key`, or null.
   virtual void* Find(const Hash128& key, int m) = 0;
   // Takes `key` from member m; the key leaves the table when no member has
@@ -162,6 +164,11 @@ class SharedMember {
   Ref FindOrInsert(const Hash128& key) {
     const SharedKeyTable::Ref r = t_->FindOrInsert(key, m_);
     if (r.state == nullptr) return Ref{};
+    if (r.inserted) return Ref{::new (r.state) State{}, true};
+    return Ref{std::launder(static_cast<State*>(r.state)), false};
+  }
+  Ref RestoreInsert(const Hash128& key) {
+    const SharedKeyTable::Ref r = t_->RestoreInsert(key, m_);
     if (r.inserted) return Ref{::new (r.state) State{}, true};
     return Ref{std::launder(static_cast<State*>(r.state)), false};
   }

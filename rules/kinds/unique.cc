@@ -136,8 +136,7 @@ class UniqueState final : public RuleState {
       }
       UniqueEntry e;
       if (!GetRaw(&in, &e)) return false;
-      auto ref = table_.FindOrInsert(key);
-      if (ref.state != nullptr) *ref.state = e;
+      *table_.RestoreInsert(key).state = e;
     }
     return true;
   }
