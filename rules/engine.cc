@@ -307,6 +307,27 @@ std::vector<std::string> Engine::TakeStateFrom(Engine& old) {
       }
     }
   }
+  // A table planned for this engine that lost a member to a carried state
+  // is not used as planned: its other members get tables of their own
+  // (their fresh states were sized, and charged, for the whole table).
+  std::vector<const SharedKeyTable*> broken;
+  for (size_t i = 0; i < now.size(); ++i) {
+    if (shared_of_[i] != nullptr &&
+        states_[i]->shared_table() != shared_of_[i].get()) {
+      broken.push_back(shared_of_[i].get());  // i's state was carried
+    }
+  }
+  for (size_t i = 0; i < now.size(); ++i) {
+    if (shared_of_[i] == nullptr ||
+        std::find(broken.begin(), broken.end(), shared_of_[i].get()) ==
+            broken.end()) {
+      continue;
+    }
+    const bool fresh = states_[i]->shared_table() == shared_of_[i].get();
+    shared_of_[i] = nullptr;
+    member_of_[i] = -1;
+    if (fresh) states_[i] = NewState(i);
+  }
   // A rule left behind takes its keys out of a table that rules carried
   // over still use.
   for (auto& st : old.states_) {
@@ -427,6 +448,7 @@ absl::Status Engine::RestoreState(std::string_view in,
     return absl::DataLossError("not a rule state image of this version");
   }
   const std::vector<Rule>& rules = rules_->rules();
+  std::vector<std::pair<size_t, std::string_view>> found;  // rule, image
   for (uint64_t s = 0; s < sections; ++s) {
     std::string_view name, image;
     Hash128 digest;
@@ -449,8 +471,15 @@ absl::Status Engine::RestoreState(std::string_view in,
         discarded->end()) {
       continue;  // its base was unreadable: later changes mean nothing
     }
+    found.emplace_back(i, image);
+  }
+  // Every rule's erasures first: rules that share a table drop the keys
+  // they all lost before any restores the keys it gained.
+  for (const auto& [i, image] : found) states_[i]->RestoreErasures(image);
+  for (const auto& [i, image] : found) {
     if (!states_[i]->RestoreState(image)) {
       ResetState(i);
+      const std::string& name = rules[i].name;
       if (std::find(discarded->begin(), discarded->end(), name) ==
           discarded->end()) {
         discarded->emplace_back(name);
@@ -480,6 +509,7 @@ void Engine::ResetRules(const std::vector<std::string>& names) {
 
 void Engine::ResetState(size_t i) {
   states_[i]->Discard();
+  states_[i].reset();  // gone before its successor takes its place
   states_[i] = NewState(i);
 }
 

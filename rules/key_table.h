@@ -102,17 +102,44 @@ class KeyTable {
 
   // Finds `key`, or inserts it with a value-initialized State. The returned
   // pointer is valid until the next mutating call.
-  Ref FindOrInsert(Hash128 key) { return Upsert<true>(key); }
+  Ref FindOrInsert(Hash128 key) {
+    key = Normalize(key);
+    ++clock_;
+    if (Migrating()) Migrate(kMigrateSteps);
+    auto [a, i] = Locate(key);
+    if (a != nullptr) {
+      // Not touched since the last DrainChanges: its first change.
+      if (track_ && on_touch_ && a->at(i).touch <= mark_) {
+        changed_.push_back(key);
+      }
+      a->at(i).touch = clock_;
+      return Ref{a->state(i), false};
+    }
+    const bool over_budget = size_ < max_keys_ && !ReserveForInsert();
+    if (size_ >= max_keys_ || over_budget) {
+      if (over_budget) NoteRefusal();
+      if (policy_ == OverflowPolicy::kRejectNew || size_ == 0) {
+        ++rejected_;
+        return Ref{};
+      }
+      EvictOne();
+    }
+    if (NeedsGrow()) {
+      // Only after an eviction from the old array while migrating.
+      if (!charge_.Reserve(Bytes() + GrowBytes())) {
+        NoteRefusal();
+        ++rejected_;
+        return Ref{};
+      }
+      Grow();
+    }
+    i = cur_.FreeSlotFor(key);
+    cur_.Construct(i, key, clock_);
+    ++size_;
+    if (track_ && on_touch_) changed_.push_back(key);
+    return Ref{cur_.state(i), true};
+  }
 
-  // FindOrInsert for restores: inserts whatever max_keys and the budget
-  // say, and never evicts. A restore applies images over older ones, and
-  // the keys of an older part may stay until a later part erases them: a
-  // bounded table would evict (or reject) as it goes, and so lose keys the
-  // table held when the images were written. The keys a whole restore ends
-  // with were all held at once, within the bound; should the table still
-  // end up over it, the next new key evicts (or is rejected) until it is
-  // back under.
-  Ref RestoreInsert(Hash128 key) { return Upsert<false>(key); }
   // Hints the CPU to load the slot where `key` lives: the engine issues this
   // for every rule of an event before observing any, so the cache misses of
   // several tables overlap instead of adding up.
@@ -517,51 +544,6 @@ class KeyTable {
     a->EraseAt(i);
     --size_;
     Retrack();
-  }
-
-  template <bool kBounded>
-  Ref Upsert(Hash128 key) {
-    key = Normalize(key);
-    ++clock_;
-    if (Migrating()) Migrate(kMigrateSteps);
-    auto [a, i] = Locate(key);
-    if (a != nullptr) {
-      // Not touched since the last DrainChanges: its first change.
-      if (track_ && on_touch_ && a->at(i).touch <= mark_) {
-        changed_.push_back(key);
-      }
-      a->at(i).touch = clock_;
-      return Ref{a->state(i), false};
-    }
-    if constexpr (kBounded) {
-      const bool over_budget = size_ < max_keys_ && !ReserveForInsert();
-      if (size_ >= max_keys_ || over_budget) {
-        if (over_budget) NoteRefusal();
-        if (policy_ == OverflowPolicy::kRejectNew || size_ == 0) {
-          ++rejected_;
-          return Ref{};
-        }
-        EvictOne();
-        // Over the bound after a restore: back under it.
-        while (size_ >= max_keys_ && size_ > 0) EvictOne();
-      }
-      if (NeedsGrow()) {
-        // Only after an eviction from the old array while migrating.
-        if (!charge_.Reserve(Bytes() + GrowBytes())) {
-          NoteRefusal();
-          ++rejected_;
-          return Ref{};
-        }
-        Grow();
-      }
-    } else if (NeedsGrow()) {
-      Grow();  // charged as held (Retrack), whatever the budget says
-    }
-    i = cur_.FreeSlotFor(key);
-    cur_.Construct(i, key, clock_);
-    ++size_;
-    if (track_ && on_touch_) changed_.push_back(key);
-    return Ref{cur_.state(i), true};
   }
 
   static Hash128 Normalize(Hash128 k) {

@@ -24,6 +24,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/container/flat_hash_set.h"
 #include "rules/expr.h"
 #include "rules/key_table.h"
 #include "rules/shared_key_table.h"
@@ -94,6 +95,58 @@ size_t PutTableImage(Table& table, const ImageSpec& spec, std::string* out,
   return out->size() - slice_at;
 }
 
+// Applies the entries of an image body -- (key, present, state) each, as
+// PutTableImage's callers write them -- to a table: `read(&in, &state)`
+// parses one state, `put(key, state&&)` stores it, `erase(key)` erases.
+//
+// In two passes: the erasures first, then the present entries, skipping the
+// keys the image erases. An image lists an erasure only for a key absent
+// when it was written, and its other entries (a slice copied ahead, changes
+// in the order they happened) may hold keys that were inserted and erased
+// again before that. Applied in one pass, such keys would sit in the table
+// next to the keys of older images until the erasures at the end, so a
+// table at its max_keys would evict (or reject) as it restores, and lose
+// keys it held when the image was written. In two passes the table holds
+// only keys that were live at some checkpoint being applied: never more
+// than the bound (and the memory) it had then.
+template <typename State, typename Read, typename Erase>
+bool RestoreErasedEntries(std::string_view in, Read&& read, Erase&& erase) {
+  for (std::string_view p = in; !p.empty();) {
+    Hash128 key;
+    uint8_t present = 0;
+    if (!GetHash(&p, &key) || !GetU8(&p, &present)) return false;
+    if (present == 0) {
+      erase(key);
+      continue;
+    }
+    State skipped{};
+    if (!read(&p, &skipped)) return false;
+  }
+  return true;
+}
+template <typename State, typename Read, typename Put, typename Erase>
+bool RestoreEntries(std::string_view in, Read&& read, Put&& put,
+                    Erase&& erase) {
+  absl::flat_hash_set<Hash128> erased;
+  if (!RestoreErasedEntries<State>(in, read, [&](const Hash128& key) {
+        erase(key);
+        erased.insert(key);
+      })) {
+    return false;
+  }
+  for (std::string_view p = in; !p.empty();) {
+    Hash128 key;
+    uint8_t present = 0;
+    GetHash(&p, &key);
+    GetU8(&p, &present);
+    if (present == 0) continue;
+    State state{};
+    read(&p, &state);
+    if (!erased.contains(key)) put(key, std::move(state));
+  }
+  return true;
+}
+
 // Counters of one rule's state table.
 struct TableStats {
   size_t keys = 0;
@@ -143,6 +196,13 @@ class RuleState {
   virtual void TrackChanges() {}
   virtual size_t SaveState(const ImageSpec& spec, Pieces* out) { return 0; }
   virtual bool RestoreState(std::string_view in) { return in.empty(); }
+  // Optional: applies only the erasures of such an image, ahead of
+  // RestoreState (which applies them again, and the rest): the engine does
+  // this for every rule of an image first, so that a table shared by
+  // several rules drops the keys all of them lost before any of them
+  // restores the keys they gained (RestoreEntries). False: not an image
+  // this kind wrote (RestoreState then says so too).
+  virtual bool RestoreErasures(std::string_view in) { return true; }
 
   // Slices taken ahead of the checkpoint that writes them, so that the
   // checkpoint itself does not stop the evaluating thread for the scan.
@@ -410,42 +470,47 @@ class KeyedRuleState final : public RuleState {
     return slice_done_;
   }
 
+  bool RestoreErasures(std::string_view in) override {
+    if (!SkipImageHeader(&in)) return false;
+    return RestoreErasedEntries<typename K::State>(
+        in, ReadState, [&](const Hash128& key) { table_.Erase(key); });
+  }
+
   bool RestoreState(std::string_view in) override {
-    uint64_t tag = 0;
-    uint8_t full = 0;
-    if (!GetU64(&in, &tag) || tag != LayoutTag() || !GetU8(&in, &full)) {
-      return false;
-    }
-    while (!in.empty()) {
-      Hash128 key;
-      uint8_t present = 0;
-      if (!GetHash(&in, &key) || !GetU8(&in, &present)) return false;
-      if (present == 0) {
-        table_.Erase(key);
-        continue;
-      }
-      typename K::State state{};
-      if constexpr (kOwnsHeap) {
-        if (!K::Decode(&in, &state)) return false;
-      } else {
-        if (!GetRaw(&in, &state)) return false;
-      }
-      auto ref = table_.RestoreInsert(key);
-      if constexpr (kOwnsHeap) {
-        const size_t before = ref.inserted ? 0 : K::HeapBytes(*ref.state);
-        *ref.state = std::move(state);
-        table_.AddHeapBytes(static_cast<int64_t>(K::HeapBytes(*ref.state)) -
-                            static_cast<int64_t>(before));
-      } else {
-        *ref.state = state;
-      }
-    }
-    return true;
+    if (!SkipImageHeader(&in)) return false;
+    using State = typename K::State;
+    return RestoreEntries<State>(
+        in, ReadState,
+        [&](const Hash128& key, State&& state) {
+          auto ref = table_.FindOrInsert(key);
+          if (ref.state == nullptr) return;  // over max_keys: counted
+          if constexpr (kOwnsHeap) {
+            const size_t before = ref.inserted ? 0 : K::HeapBytes(*ref.state);
+            *ref.state = std::move(state);
+            table_.AddHeapBytes(static_cast<int64_t>(K::HeapBytes(*ref.state)) -
+                                static_cast<int64_t>(before));
+          } else {
+            *ref.state = state;
+          }
+        },
+        [&](const Hash128& key) { table_.Erase(key); });
   }
 
   const auto& table() const { return table_; }
 
  private:
+  static bool SkipImageHeader(std::string_view* in) {
+    uint64_t tag = 0;
+    uint8_t full = 0;
+    return GetU64(in, &tag) && tag == LayoutTag() && GetU8(in, &full);
+  }
+  static bool ReadState(std::string_view* p, typename K::State* state) {
+    if constexpr (kOwnsHeap) {
+      return K::Decode(p, state);
+    } else {
+      return GetRaw(p, state);
+    }
+  }
   // Changes when the state's layout does (size; heap-owning or not).
   static constexpr uint64_t LayoutTag() {
     return 0x4b53'0000'0000'0000ULL | (uint64_t{kOwnsHeap} << 32) |

@@ -17,10 +17,31 @@ class SharedKeyTableOf final : public SharedKeyTable {
   }
 
   Ref FindOrInsert(const Hash128& key, int m) override {
-    return Upsert<true>(key, m);
-  }
-  Ref RestoreInsert(const Hash128& key, int m) override {
-    return Upsert<false>(key, m);
+    Member& mem = members_[m];
+    Blob* blob = nullptr;
+    // The members of an event ask one after another for the same key: the
+    // slot the first one got stays valid until the table next changes.
+    if (cached_ != nullptr && key == cached_key_) {
+      blob = cached_;
+    } else {
+      cached_ = nullptr;
+      const uint64_t refusals = table_.budget_refusals();
+      auto ref = table_.FindOrInsert(key);
+      mem.refusals += table_.budget_refusals() - refusals;
+      if (ref.state == nullptr) {
+        ++mem.rejected;
+        return Ref{};
+      }
+      blob = ref.state;
+      cached_ = blob;
+      cached_key_ = key;
+    }
+    unsigned char* b = blob->b;
+    void* state = b + mem.offset;
+    if (b[0] & Bit(m)) return Ref{state, false};
+    b[0] |= Bit(m);
+    ++mem.keys;
+    return Ref{state, true};
   }
 
   void* Find(const Hash128& key, int m) override {
@@ -87,35 +108,6 @@ class SharedKeyTableOf final : public SharedKeyTable {
     alignas(8) unsigned char b[N];
   };
 
-  template <bool kBounded>
-  Ref Upsert(const Hash128& key, int m) {
-    Member& mem = members_[m];
-    Blob* blob = nullptr;
-    // The members of an event ask one after another for the same key: the
-    // slot the first one got stays valid until the table next changes.
-    if (cached_ != nullptr && key == cached_key_) {
-      blob = cached_;
-    } else {
-      const uint64_t refusals = table_.budget_refusals();
-      auto ref =
-          kBounded ? table_.FindOrInsert(key) : table_.RestoreInsert(key);
-      mem.refusals += table_.budget_refusals() - refusals;
-      if (ref.state == nullptr) {
-        cached_ = nullptr;
-        ++mem.rejected;
-        return Ref{};
-      }
-      blob = ref.state;
-      cached_ = blob;
-      cached_key_ = key;
-    }
-    unsigned char* b = blob->b;
-    void* state = b + mem.offset;
-    if (b[0] & Bit(m)) return Ref{state, false};
-    b[0] |= Bit(m);
-    ++mem.keys;
-    return Ref{state, true};
-  }
   struct EvictHook {
     SharedKeyTableOf* owner = nullptr;
     void operator()(const Hash128& key, const Blob& s) const {
@@ -161,9 +153,16 @@ std::shared_ptr<SharedKeyTable> SharedKeyTable::Create(
 }
 
 size_t SharedKeyTable::BytesOf(int m) const {
-  const size_t n = members_.size();
+  if (members_[m].states <= 0) return 0;
+  size_t n = 0;
+  int first = -1;
+  for (int i = 0; i < members(); ++i) {
+    if (members_[i].states <= 0) continue;
+    if (first < 0) first = i;
+    ++n;
+  }
   const size_t all = Bytes();
-  return all / n + (m == 0 ? all % n : 0);
+  return all / n + (m == first ? all % n : 0);
 }
 
 void SharedKeyTable::NoteLost(const Hash128& key, uint8_t mask, bool evicted) {
@@ -185,17 +184,38 @@ void SharedKeyTable::TrackErasures(int m) {
 void SharedKeyTable::DrainErased(int m,
                                  absl::FunctionRef<void(const Hash128&)> f) {
   Member& mem = members_[m];
+  std::vector<Hash128> lost;
   for (size_t j = mem.drained; j < erased_.size(); ++j) {
     if ((erased_[j].second & Bit(m)) && Find(erased_[j].first, m) == nullptr) {
-      f(erased_[j].first);
+      lost.push_back(erased_[j].first);
     }
   }
+  // Once each, in key order, as KeyTable::DrainErased writes them.
+  std::sort(lost.begin(), lost.end(), [](const Hash128& a, const Hash128& b) {
+    return a.lo != b.lo ? a.lo < b.lo : a.hi < b.hi;
+  });
+  lost.erase(std::unique(lost.begin(), lost.end()), lost.end());
+  for (const Hash128& k : lost) f(k);
   mem.drained = erased_.size();
+  TrimErased();
+}
+
+void SharedKeyTable::StopTracking(int m) {
+  members_[m].tracking = false;
+  tracking_ &= static_cast<uint8_t>(~Bit(m));
+  TrimErased();
+}
+
+void SharedKeyTable::TrimErased() {
   // Once every recording member has drained them, the entries go.
   for (const Member& o : members_) {
     if (o.tracking && o.drained != erased_.size()) return;
   }
-  erased_.clear();
+  if (erased_.capacity() * sizeof(erased_[0]) > (size_t{1} << 20)) {
+    std::vector<std::pair<Hash128, uint8_t>>().swap(erased_);
+  } else {
+    erased_.clear();
+  }
   for (Member& o : members_) o.drained = 0;
 }
 
@@ -209,7 +229,9 @@ void SharedKeyTable::ClearMember(int m) {
     }
   }
   const size_t offset = members_[m].offset;
+  const int states = members_[m].states;
   members_[m] = MemberAt(offset);
+  members_[m].states = states;
   tracking_ &= static_cast<uint8_t>(~Bit(m));
 }
 

@@ -25,8 +25,11 @@
 //     recently touched key of the group). A member counts the evictions
 //     and rejections of its own keys.
 //   - the memory: each member reports an equal share of the table's bytes.
-// The checkpoint image of a member is byte-for-byte what a table of its
-// own writes (rules/kind.h), so images move between both layouts.
+// The checkpoint image of a member has the format a table of its own
+// writes (rules/kind.h; entries may come in another order), so images move
+// between both layouts. A restore applies every rule's erasures before any
+// rule's other entries (Engine::RestoreState), so a shared table at its
+// bound restores without evicting.
 //
 // Thread-safety: none; the table and all its members belong to one engine.
 #ifndef INVARIANTD_RULES_SHARED_KEY_TABLE_H_
@@ -75,8 +78,6 @@ class SharedKeyTable {
   // Finds `key` for member `m`, adding it (to the table, to the member, or
   // both) when absent. The pointer is valid until the next mutating call.
   virtual Ref FindOrInsert(const Hash128& key, int m) = 0;
-  // For restores: unbounded (KeyTable::RestoreInsert).
-  virtual Ref RestoreInsert(const Hash128& key, int m) = 0;
   // Member m's state of `key`, or null.
   virtual void* Find(const Hash128& key, int m) = 0;
   // Takes `key` from member m; the key leaves the table when no member has
@@ -106,14 +107,18 @@ class SharedKeyTable {
   uint64_t evicted(int m) const { return members_[m].evicted; }
   uint64_t rejected(int m) const { return members_[m].rejected; }
   uint64_t budget_refusals(int m) const { return members_[m].refusals; }
-  // Member m's share of Bytes().
+  // Member m's share of Bytes(): an equal part for each member that has a
+  // state (SharedMember) now.
   size_t BytesOf(int m) const;
+  void Attach(int m, int delta) { members_[m].states += delta; }
 
   // Erasures, for checkpoints (KeyTable::DrainErased, per member): from
   // TrackErasures(m) on, the keys member m loses are recorded, and
   // DrainErased(m, f) calls f(key) for each one it lost since its previous
   // drain and does not have now.
   void TrackErasures(int m);
+  // Member m records nothing more (its state is gone).
+  void StopTracking(int m);
   void DrainErased(int m, absl::FunctionRef<void(const Hash128&)> f);
 
   // Takes every key from member m and zeroes its counters: for a rule whose
@@ -131,6 +136,7 @@ class SharedKeyTable {
     uint64_t rejected = 0;
     uint64_t refusals = 0;
     bool tracking = false;
+    int states = 0;      // SharedMembers of it alive
     size_t drained = 0;  // erased_ entries this member has drained
   };
   static Member MemberAt(size_t offset) {
@@ -142,6 +148,8 @@ class SharedKeyTable {
   // A key left members `mask` (eviction, or Erase by one member).
   void NoteLost(const Hash128& key, uint8_t mask, bool evicted);
   virtual std::vector<Hash128> KeysOf(int m) const = 0;
+  // Drops the erasures every recording member has drained.
+  void TrimErased();
 
   std::vector<Member> members_;
   uint8_t tracking_ = 0;  // members that record erasures
@@ -155,7 +163,15 @@ class SharedMember {
 
  public:
   SharedMember(std::shared_ptr<SharedKeyTable> table, int member)
-      : t_(std::move(table)), m_(member) {}
+      : t_(std::move(table)), m_(member) {
+    t_->Attach(m_, 1);
+  }
+  ~SharedMember() {
+    t_->StopTracking(m_);
+    t_->Attach(m_, -1);
+  }
+  SharedMember(const SharedMember&) = delete;
+  SharedMember& operator=(const SharedMember&) = delete;
 
   struct Ref {
     State* state = nullptr;
@@ -164,11 +180,6 @@ class SharedMember {
   Ref FindOrInsert(const Hash128& key) {
     const SharedKeyTable::Ref r = t_->FindOrInsert(key, m_);
     if (r.state == nullptr) return Ref{};
-    if (r.inserted) return Ref{::new (r.state) State{}, true};
-    return Ref{std::launder(static_cast<State*>(r.state)), false};
-  }
-  Ref RestoreInsert(const Hash128& key) {
-    const SharedKeyTable::Ref r = t_->RestoreInsert(key, m_);
     if (r.inserted) return Ref{::new (r.state) State{}, true};
     return Ref{std::launder(static_cast<State*>(r.state)), false};
   }

@@ -126,19 +126,13 @@ class UniqueState final : public RuleState {
     ordinal_ = static_cast<int64_t>(ordinal);
     swept_once_ = swept != 0;
     last_sweep_ = static_cast<int64_t>(last_sweep);
-    while (!in.empty()) {
-      Hash128 key;
-      uint8_t present = 0;
-      if (!GetHash(&in, &key) || !GetU8(&in, &present)) return false;
-      if (present == 0) {
-        table_.Erase(key);
-        continue;
-      }
-      UniqueEntry e;
-      if (!GetRaw(&in, &e)) return false;
-      *table_.RestoreInsert(key).state = e;
-    }
-    return true;
+    return RestoreEntries<UniqueEntry>(
+        in, [](std::string_view* p, UniqueEntry* e) { return GetRaw(p, e); },
+        [&](const Hash128& key, UniqueEntry&& e) {
+          auto ref = table_.FindOrInsert(key);
+          if (ref.state != nullptr) *ref.state = e;
+        },
+        [&](const Hash128& key) { table_.Erase(key); });
   }
 
  private:

@@ -2,7 +2,6 @@
 
 #include <iterator>
 #include <map>
-#include <memory>
 #include <set>
 #include <string>
 #include <tuple>
@@ -47,37 +46,6 @@ TEST(KeyTableTest, RejectNewAtLimitCountsAndKeepsOldKeys) {
   EXPECT_EQ(t.rejected(), 2u);
   EXPECT_EQ(t.size(), 3u);
   for (int i = 0; i < 3; ++i) EXPECT_NE(t.Find(K(i)), nullptr);
-}
-
-TEST(KeyTableTest, RestoresIgnoreTheBoundAndTheNextNewKeyRestoresIt) {
-  for (OverflowPolicy p :
-       {OverflowPolicy::kEvictOldest, OverflowPolicy::kRejectNew}) {
-    auto budget = std::make_shared<MemoryBudget>(1);  // nothing to spare
-    KeyTable<int> t(4, p);
-    t.SetBudget(budget.get());
-    // An older image's keys, then a later one's: more than max_keys at
-    // once, nothing evicted, rejected or refused on the way.
-    for (int i = 0; i < 6; ++i) *t.RestoreInsert(K(i)).state = i;
-    *t.RestoreInsert(K(2)).state = 20;  // an existing key: updated
-    EXPECT_EQ(t.size(), 6u);
-    EXPECT_EQ(*t.Find(K(2)), 20);
-    EXPECT_EQ(t.evicted() + t.rejected() + t.budget_refusals(), 0u);
-    EXPECT_GE(budget->used(), t.SlotBytes());  // charged as held
-    // The later image erases what its table had lost: within the bound.
-    t.Erase(K(0));
-    t.Erase(K(1));
-    EXPECT_EQ(t.size(), 4u);
-    if (p == OverflowPolicy::kRejectNew) {
-      EXPECT_EQ(t.FindOrInsert(K(9)).state, nullptr);
-      continue;
-    }
-    // Had it ended over the bound, the next new key brings it back under.
-    for (int i = 10; i < 13; ++i) t.RestoreInsert(K(i));
-    EXPECT_EQ(t.size(), 7u);
-    ASSERT_NE(t.FindOrInsert(K(99)).state, nullptr);
-    EXPECT_EQ(t.size(), 4u);
-    EXPECT_EQ(t.evicted(), 4u);
-  }
 }
 
 TEST(KeyTableTest, EvictOldestPrefersStaleKeys) {

@@ -71,7 +71,12 @@ TEST(SharedKeyTableTest, AMemberHasOnlyTheKeysItAskedFor) {
   EXPECT_EQ(t->size(1), 1u);
   EXPECT_EQ(t->size(2), 1u);
   EXPECT_EQ(KeysOf(*t, 2), std::vector<Hash128>{K(2)});
+  // The memory is reported in shares by the members that have a state.
+  for (int m = 0; m < 3; ++m) t->Attach(m, 1);
   EXPECT_EQ(t->BytesOf(0) + t->BytesOf(1) + t->BytesOf(2), t->Bytes());
+  t->Attach(0, -1);
+  EXPECT_EQ(t->BytesOf(0), 0u);
+  EXPECT_EQ(t->BytesOf(1) + t->BytesOf(2), t->Bytes());
 }
 
 TEST(SharedKeyTableTest, AKeyLeavesWithItsLastMember) {
@@ -148,6 +153,11 @@ TEST(SharedKeyTableTest, EachMemberDrainsItsOwnErasures) {
   t->Erase(K(3), 0);
   t->FindOrInsert(K(3), 0);
   EXPECT_EQ(drain(0), std::vector<Hash128>{});
+  // One lost twice is reported once.
+  t->Erase(K(3), 0);
+  t->FindOrInsert(K(3), 0);
+  t->Erase(K(3), 0);
+  EXPECT_EQ(drain(0), std::vector<Hash128>{K(3)});
 }
 
 TEST(SharedKeyTableTest, ClearingAMemberLeavesTheOthersWhole) {

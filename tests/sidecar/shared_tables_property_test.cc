@@ -14,6 +14,7 @@
 #include "gtest/gtest.h"
 #include "rapidcheck/gtest.h"
 #include "rules/engine.h"
+#include "rules/memory_budget.h"
 #include "sidecar/core/binary.h"
 #include "sidecar/core/field_path.h"
 
@@ -131,14 +132,18 @@ RC_GTEST_PROP(SharedTablesProperty, SameVerdictsAsTablesOfTheirOwn, ()) {
   shared.share_tables = true;
   Engine reference(st.rules, own);
   Engine engine(st.rules, shared);
+  // Checkpoint images of both, taken at the same moments.
   engine.TrackChanges();
-  std::vector<std::string> images;
+  reference.TrackChanges();
+  std::vector<std::string> images[2];  // [0]: shared, [1]: own tables
   auto save = [&](bool full) {
-    Pieces p;
     ImageSpec spec;
     spec.full = full;
-    engine.SaveState(spec, &p);
-    images.push_back(p.Join());
+    for (int layout = 0; layout < 2; ++layout) {
+      Pieces p;
+      (layout == 0 ? engine : reference).SaveState(spec, &p);
+      images[layout].push_back(p.Join());
+    }
   };
   save(true);
 
@@ -160,36 +165,39 @@ RC_GTEST_PROP(SharedTablesProperty, SameVerdictsAsTablesOfTheirOwn, ()) {
   ExpectSameStats(reference, engine, /*evictions=*/true);
   save(false);
 
-  // The images restore into either layout, which then agree with the live
-  // engine on what follows (not when keys were evicted: which key goes
-  // next depends on the table's slot order, which a restore rebuilds).
-  for (bool share : {false, true}) {
-    EngineOptions o = share ? shared : own;
-    Engine restored(st.rules, o);
-    std::vector<std::string> skipped, discarded;
-    for (const std::string& image : images) {
-      RC_ASSERT(restored.RestoreState(image, &skipped, &discarded).ok());
-    }
-    RC_ASSERT(skipped.empty());
-    RC_ASSERT(discarded.empty());
-    // The restore holds the keys the live engine holds, at the bound too
-    // (KeyTable::RestoreInsert). `unique` forgets expired values lazily,
-    // at its own moments: its count of remembered values is not compared.
-    const std::vector<RuleStats> a = engine.Stats(), b = restored.Stats();
-    for (size_t i = 0; i < a.size(); ++i) {
-      if (a[i].rule->kind == "unique") continue;
-      RC_ASSERT(a[i].table.keys == b[i].table.keys);
-      RC_ASSERT(b[i].table.evicted == 0u);
-      RC_ASSERT(b[i].table.rejected == 0u);
-    }
-    if (small) continue;
-    Engine live_copy(st.rules, shared);  // the live engine goes on too
-    for (const std::string& image : images) {
-      RC_ASSERT(live_copy.RestoreState(image, &skipped, &discarded).ok());
-    }
-    for (int i = 0; i < 50; ++i) {
-      const auto seen = random_event({&live_copy, &restored});
-      RC_ASSERT(seen[0] == seen[1]);
+  // The images of either layout restore into either layout, which then
+  // agree with the live engine on what follows (not when keys were
+  // evicted: which key goes next depends on the table's slot order, which
+  // a restore rebuilds).
+  for (int from = 0; from < 2; ++from) {
+    for (bool share : {false, true}) {
+      Engine restored(st.rules, share ? shared : own);
+      std::vector<std::string> skipped, discarded;
+      for (const std::string& image : images[from]) {
+        RC_ASSERT(restored.RestoreState(image, &skipped, &discarded).ok());
+      }
+      RC_ASSERT(skipped.empty());
+      RC_ASSERT(discarded.empty());
+      // The restore holds the keys the live engine holds, at the bound
+      // too, and evicts nothing on the way (RestoreEntries). `unique`
+      // forgets expired values lazily, at its own moments: its count of
+      // remembered values is not compared.
+      const std::vector<RuleStats> a = engine.Stats(), b = restored.Stats();
+      for (size_t i = 0; i < a.size(); ++i) {
+        if (a[i].rule->kind == "unique") continue;
+        RC_ASSERT(a[i].table.keys == b[i].table.keys);
+        RC_ASSERT(b[i].table.evicted == 0u);
+        RC_ASSERT(b[i].table.rejected == 0u);
+      }
+      if (small) continue;
+      Engine live_copy(st.rules, shared);  // the live engine goes on too
+      for (const std::string& image : images[0]) {
+        RC_ASSERT(live_copy.RestoreState(image, &skipped, &discarded).ok());
+      }
+      for (int i = 0; i < 50; ++i) {
+        const auto seen = random_event({&live_copy, &restored});
+        RC_ASSERT(seen[0] == seen[1]);
+      }
     }
   }
 }
@@ -256,6 +264,54 @@ TEST(SharedTablesTest, ReloadKeepsTheUnchangedMembersOfATable) {
   EXPECT_EQ(next.Stats()[0].table.evicted, 0u);
   event(&next, 210, 1, -1);  // and the next one evicts
   EXPECT_EQ(next.Stats()[0].table.evicted, 1u);
+}
+
+// Memory after a reload: the table planned for the new engine is dropped
+// when its members' states are carried over (it was sized for
+// expected_keys and charged to the budget), the changed rule gets a table
+// of its own, and the rules' reported bytes add up to what the budget holds.
+TEST(SharedTablesTest, ReloadLeavesNoTableBehindInTheBudget) {
+  auto rules = [](const char* b_extra) {
+    LoadResult r = LoadRuleText(
+        absl::StrCat("rules:\n"
+                     "  - {name: a, kind: monotonic, key: [k], field: v,"
+                     " expected_keys: 20000}\n"
+                     "  - {name: b, kind: monotonic, key: [k], field: w,"
+                     " expected_keys: 20000",
+                     b_extra,
+                     "}\n"
+                     "  - {name: c, kind: sequence, key: [k], field: v,"
+                     " expected_keys: 20000}\n"),
+        "t.yaml");
+    EXPECT_TRUE(r.ok());
+    return r.rules;
+  };
+  auto budget = std::make_shared<MemoryBudget>(size_t{1} << 30);
+  EngineOptions o;
+  o.budget = budget;
+  auto reported = [](const Engine& e) {
+    size_t sum = 0;
+    for (const RuleStats& s : e.Stats()) sum += s.table.bytes;
+    return sum;
+  };
+  // The budget charges each table in whole chunks.
+  auto charged_for = [&](size_t bytes, size_t tables) {
+    return budget->used() >= bytes &&
+           budget->used() - bytes < tables * MemoryBudget::kChunk;
+  };
+  auto old_engine = std::make_unique<Engine>(rules(""), o);
+  const size_t one_table = reported(*old_engine);
+  EXPECT_TRUE(charged_for(one_table, 1)) << budget->used();
+  EXPECT_GT(one_table, 20000u * 80);  // one 80-byte slot per expected key
+  Engine next(rules(", strict: true"), o);
+  EXPECT_EQ(next.TakeStateFrom(*old_engine),
+            (std::vector<std::string>{"a", "c"}));
+  old_engine.reset();
+  // a and c in the table they had; b alone in one of 40-byte slots.
+  const std::vector<RuleStats> s = next.Stats();
+  EXPECT_EQ(s[0].table.bytes + s[2].table.bytes, one_table);
+  EXPECT_LT(s[1].table.bytes, one_table * 6 / 10);
+  EXPECT_TRUE(charged_for(reported(next), 2)) << budget->used();
 }
 
 }  // namespace
