@@ -28,8 +28,8 @@ const char* const kPool[] = {
     "{name: mono, kind: monotonic, key: [k], field: v",
     "{name: strict, kind: monotonic, key: [k], field: w, strict: true",
     "{name: seq, kind: sequence, key: [k], field: v",
-    "{name: trans, kind: transition, key: [k], field: s, "
-    "transitions: {S0: [S1], S1: [S2], S2: [S0]}",
+    ("{name: trans, kind: transition, key: [k], field: s, "
+     "transitions: {S0: [S1], S1: [S2], S2: [S0]}"),
     "{name: pair, kind: monotonic, key: [k, j], field: w",
     "{name: agree, kind: agreement, key: [k], field: s, max_distinct: 2",
     "{name: uniq, kind: unique, key: [k], field: w, window_count: 5",
