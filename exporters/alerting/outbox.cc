@@ -23,6 +23,7 @@ using sqlite_internal::Exec;
 using sqlite_internal::InTransaction;
 using sqlite_internal::SqlError;
 using sqlite_internal::Stmt;
+using sqlite_internal::StmtCache;
 
 namespace {
 
@@ -204,13 +205,14 @@ LabelList BuildAlertAnnotations(const EvidenceRecord& r,
   return a;
 }
 
-absl::Status QueueViolations(sqlite3* db, const OutboxOptions& options,
+absl::Status QueueViolations(StmtCache* cache, const OutboxOptions& options,
                              const std::vector<const EvidenceRecord*>& fresh,
                              int64_t now_ms) {
   if (fresh.empty()) return absl::OkStatus();
+  sqlite3* db = cache->db();
   // A new violation refreshes the alert; one of a resolved alert re-opens
   // it (new start, labels as computed now).
-  Stmt up(db,
+  Stmt up(cache,
           "INSERT INTO alerts(fingerprint, rule, key_json, labels_json,"
           " annotations_json, starts_ms, last_violation_ms, active_until_ms,"
           " violations, last_evidence_id)"
@@ -229,7 +231,7 @@ absl::Status QueueViolations(sqlite3* db, const OutboxOptions& options,
           " last_evidence_id = excluded.last_evidence_id,"
           " resolved = 0, resolved_ms = 0, resolved_by = '',"
           " resolve_queued = 0");
-  Stmt out(db,
+  Stmt out(cache,
            "INSERT INTO outbox(sink, status, fingerprint, evidence_id,"
            " payload, created_ms, next_attempt_ms)"
            " VALUES(?1, 'firing', ?2, ?3, ?4, ?5, 0)");
@@ -277,10 +279,12 @@ absl::Status QueueViolations(sqlite3* db, const OutboxOptions& options,
 }
 
 EvidenceStore::TxnFn OutboxHook(OutboxOptions options) {
-  return [options = std::move(options)](
-             sqlite3* db, const std::vector<const EvidenceRecord*>& fresh) {
-    return QueueViolations(db, options, fresh, absl::ToUnixMillis(absl::Now()));
-  };
+  return
+      [options = std::move(options)](
+          StmtCache* cache, const std::vector<const EvidenceRecord*>& fresh) {
+        return QueueViolations(cache, options, fresh,
+                               absl::ToUnixMillis(absl::Now()));
+      };
 }
 
 absl::StatusOr<size_t> QueueResolves(sqlite3* db,

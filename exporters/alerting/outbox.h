@@ -112,8 +112,11 @@ LabelList BuildAlertAnnotations(const EvidenceRecord& r,
                                 const AlertRuleInfo& info,
                                 size_t labels_dropped);
 
-// Inserts the alert upserts and outbox rows of `fresh` (see file comment).
-absl::Status QueueViolations(sqlite3* db, const OutboxOptions& options,
+// Inserts the alert upserts and outbox rows of `fresh` (see file comment),
+// with statements borrowed from `cache` (compiled once per connection: this
+// runs in the evidence commit of every violation).
+absl::Status QueueViolations(sqlite_internal::StmtCache* cache,
+                             const OutboxOptions& options,
                              const std::vector<const EvidenceRecord*>& fresh,
                              int64_t now_ms);
 

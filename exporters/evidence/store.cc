@@ -319,9 +319,9 @@ absl::StatusOr<size_t> EvidenceStore::Append(
       if (r.seq != 0) fresh.push_back(&r);
     }
     for (const TxnFn& hook : hooks_) {
-      if (absl::Status hs = hook(db_, fresh); !hs.ok()) return hs;
+      if (absl::Status hs = hook(cache, fresh); !hs.ok()) return hs;
     }
-    if (extra) return extra(db_, fresh);
+    if (extra) return extra(cache, fresh);
     return absl::OkStatus();
   });
   if (!s.ok()) {

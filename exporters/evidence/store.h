@@ -126,9 +126,13 @@ class EvidenceStore {
   // Append's transaction, after the new rows are inserted and before
   // COMMIT. `fresh` are the records that were new (not stored before). An
   // error rolls the whole transaction back: Append fails, nothing of it is
-  // stored.
+  // stored. `cache` is the store's statement cache for its connection
+  // (`cache->db()`): work that runs on every commit borrows its statements
+  // from it (sqlite.h), so they are compiled once, not on the path of every
+  // violation.
   using TxnFn = std::function<absl::Status(
-      sqlite3* db, const std::vector<const EvidenceRecord*>& fresh)>;
+      sqlite_internal::StmtCache* cache,
+      const std::vector<const EvidenceRecord*>& fresh)>;
 
   // Runs on every Append from now on (e.g. the alert outbox rows of the
   // new violations). Not thread-safe: install before the writer starts.

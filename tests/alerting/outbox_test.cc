@@ -12,6 +12,7 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -19,6 +20,7 @@
 #include "absl/time/time.h"
 #include "exporters/alerting/pager.h"
 #include "exporters/evidence/store.h"
+#include "exporters/sqlite.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
@@ -220,6 +222,37 @@ TEST_F(OutboxTest, HookQueuesOnePagePerSinkAndOneAlertPerKey) {
   EXPECT_EQ(j["labels"]["alertname"], "r");
   EXPECT_EQ(j["annotations"]["runbook_url"], "https://runbook.example/x");
   EXPECT_EQ(j["status"], "firing");
+}
+
+// The hook runs in the evidence commit of every violation: its statements
+// come from the store's cache, so after the first commit with violations no
+// commit compiles the outbox's SQL again. SQLite consults the authorizer
+// when it compiles a statement (not when it runs one): count its INSERT
+// checks on the alerting tables.
+int CountAlertingInserts(void* count, int action, const char* table,
+                         const char*, const char*, const char*) {
+  if (action == SQLITE_INSERT && table != nullptr &&
+      (std::string_view(table) == "outbox" ||
+       std::string_view(table) == "alerts")) {
+    ++*static_cast<int*>(count);
+  }
+  return SQLITE_OK;
+}
+
+TEST_F(OutboxTest, HookCompilesItsStatementsOnce) {
+  int compiles = 0;
+  ASSERT_EQ(sqlite3_set_authorizer(db(), CountAlertingInserts, &compiles),
+            SQLITE_OK);
+  const int64_t now = absl::ToUnixMillis(absl::Now());
+  Append({Record("c1", "r", "1", now)});
+  EXPECT_EQ(compiles, 2);  // the alert upsert and the outbox insert
+  for (int i = 2; i <= 5; ++i) {
+    Append({Record(absl::StrCat("c", i), "r", absl::StrCat(i % 2), now)});
+  }
+  EXPECT_EQ(compiles, 2);
+  sqlite3_set_authorizer(db(), nullptr, nullptr);
+  EXPECT_EQ(Count(db(), "SELECT count(*) FROM outbox"), 10);
+  EXPECT_EQ(Count(db(), "SELECT sum(violations) FROM alerts"), 5);
 }
 
 TEST_F(OutboxTest, HookFailureRollsBackTheEvidence) {
@@ -765,7 +798,8 @@ TEST_F(PagerTest, BacklogOfTwentyThousandDrains) {
   std::vector<const EvidenceRecord*> fresh;
   for (const EvidenceRecord& r : recs) fresh.push_back(&r);
   ASSERT_EQ(sqlite3_exec(db(), "BEGIN", nullptr, nullptr, nullptr), SQLITE_OK);
-  ASSERT_TRUE(QueueViolations(db(), o, fresh, now_).ok());
+  sqlite_internal::StmtCache cache(db());
+  ASSERT_TRUE(QueueViolations(&cache, o, fresh, now_).ok());
   ASSERT_EQ(sqlite3_exec(db(), "COMMIT", nullptr, nullptr, nullptr), SQLITE_OK);
   ASSERT_EQ(Count(db(), "SELECT count(*) FROM outbox"), n);
   auto pager = NewPager();

@@ -100,11 +100,12 @@ TEST(EvidenceStoreTest, AFailedAppendRollsBackAndTheNextOneCommits) {
   EXPECT_EQ(MustAppend(*store, {Rec(1)}), 1u);
   for (int attempt = 0; attempt < 3; ++attempt) {
     std::vector<EvidenceRecord> recs = {Rec(2), Rec(3)};
-    auto n = store->Append(
-        &recs, [](sqlite3*, const std::vector<const EvidenceRecord*>& fresh) {
-          EXPECT_EQ(fresh.size(), 2u);
-          return absl::UnavailableError("disk full");
-        });
+    auto n = store->Append(&recs,
+                           [](sqlite_internal::StmtCache*,
+                              const std::vector<const EvidenceRecord*>& fresh) {
+                             EXPECT_EQ(fresh.size(), 2u);
+                             return absl::UnavailableError("disk full");
+                           });
     ASSERT_FALSE(n.ok());
     EXPECT_EQ(recs[0].seq, 0u);
     EXPECT_EQ(store->head_seq(), 1u);
