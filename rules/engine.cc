@@ -435,6 +435,14 @@ bool Engine::CaptureSlice(size_t max_slots) {
   return capture_rule_ >= states_.size();
 }
 
+bool Engine::MigrateIdle(size_t steps) {
+  bool done = true;
+  for (auto& st : states_) {
+    if (!st->MigrateIdle(steps)) done = false;
+  }
+  return done;
+}
+
 absl::Status Engine::RestoreState(std::string_view in,
                                   std::vector<std::string>* skipped,
                                   std::vector<std::string>* discarded) {

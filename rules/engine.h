@@ -144,6 +144,13 @@ class Engine {
   // of one rule's share and returns true once every rule's is copied.
   void BeginSlice(const ImageSpec& next);
   bool CaptureSlice(size_t max_slots);
+
+  // Idle work: moves up to about `steps` slots of each rule table's growth
+  // still in progress (RuleState::MigrateIdle), for a worker with nothing
+  // to evaluate; true once no table is migrating. A table migrates a few
+  // slots per lookup otherwise, so one that grew just before the input
+  // went quiet would hold its old array until events arrive.
+  bool MigrateIdle(size_t steps);
   absl::Status RestoreState(std::string_view in,
                             std::vector<std::string>* skipped,
                             std::vector<std::string>* discarded);

@@ -75,6 +75,10 @@ struct NoEvictHook {
 // `HeapOf(state)` is the heap memory a State owns: the table subtracts it
 // when it removes a state, and the caller reports changes with
 // AddHeapBytes, so heap_bytes() is exact without a scan.
+// Old arrays at least this large migrate a few slots per lookup after a
+// growth; smaller ones are rehashed at once (KeyTable::Grow).
+inline constexpr size_t kIncrementalGrowthFromBytes = size_t{64} << 20;
+
 template <typename State, typename HeapOf = NoHeap<State>,
           typename OnEvict = NoEvictHook<State>>
 class KeyTable {
@@ -347,6 +351,14 @@ class KeyTable {
   }
   // True while an old array is still being moved into the new one.
   bool Migrating() const { return old_.capacity() != 0; }
+  // Moves up to `steps` positions of a growth's old array into the new one,
+  // as every FindOrInsert does: for a thread with nothing to evaluate, so
+  // that a table that grew just before its input went quiet does not hold
+  // both arrays until events arrive. True once no migration remains.
+  bool MigrateIdle(size_t steps) {
+    if (Migrating()) Migrate(steps);
+    return !Migrating();
+  }
 
  private:
   static constexpr size_t kNone = SIZE_MAX;
@@ -362,7 +374,7 @@ class KeyTable {
   // 1.4M keys) takes ~40 ms, and incremental migration costs more in all
   // (~150 ns per entry moved against ~25 ns), so only the largest tables,
   // whose one-shot rehash would stall evaluation for longer, use it.
-  static constexpr size_t kIncrementalFromBytes = size_t{64} << 20;
+  static constexpr size_t kIncrementalFromBytes = kIncrementalGrowthFromBytes;
   static constexpr size_t kPrefetchAhead = 8;
   static constexpr size_t kKeepSortBytes = size_t{4} << 20;
 

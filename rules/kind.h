@@ -218,6 +218,10 @@ class RuleState {
   // not capture keep the defaults and scan at SaveState.
   virtual void BeginSlice(uint64_t first, uint64_t last) {}
   virtual bool CaptureSlice(size_t max_slots) { return true; }
+
+  // Idle work (KeyTable::MigrateIdle): moves up to about `steps` slots of
+  // a growth still in progress; true once none is.
+  virtual bool MigrateIdle(size_t steps) { return true; }
 };
 
 class KindConfig {
@@ -437,6 +441,8 @@ class KeyedRuleState final : public RuleState {
     }
     return slice_bytes;
   }
+
+  bool MigrateIdle(size_t steps) override { return table_.MigrateIdle(steps); }
 
   void BeginSlice(uint64_t first, uint64_t last) override {
     slice_.clear();

@@ -10,8 +10,8 @@ template <size_t N>
 class SharedKeyTableOf final : public SharedKeyTable {
  public:
   SharedKeyTableOf(const std::vector<size_t>& offsets, size_t max_keys,
-                   OverflowPolicy policy)
-      : table_(max_keys, policy) {
+                   OverflowPolicy policy, size_t incremental_from_bytes)
+      : table_(max_keys, policy, incremental_from_bytes) {
     for (size_t off : offsets) members_.push_back(MemberAt(off));
     table_.SetEvictHook(EvictHook{this});
   }
@@ -95,6 +95,11 @@ class SharedKeyTableOf final : public SharedKeyTable {
     cached_ = nullptr;
     return table_.Reserve(keys);
   }
+  bool MigrateIdle(size_t steps) override {
+    if (!table_.Migrating()) return true;
+    cached_ = nullptr;  // slots move
+    return table_.MigrateIdle(steps);
+  }
 
  protected:
   std::vector<Hash128> KeysOf(int m) const override {
@@ -128,7 +133,8 @@ class SharedKeyTableOf final : public SharedKeyTable {
 }  // namespace
 
 std::shared_ptr<SharedKeyTable> SharedKeyTable::Create(
-    const std::vector<size_t>& sizes, size_t max_keys, OverflowPolicy policy) {
+    const std::vector<size_t>& sizes, size_t max_keys, OverflowPolicy policy,
+    size_t incremental_from_bytes) {
   if (sizes.empty() || sizes.size() > kMaxMembers) return nullptr;
   std::vector<size_t> offsets;
   size_t at = 8;  // byte 0: the presence bits
@@ -141,15 +147,19 @@ std::shared_ptr<SharedKeyTable> SharedKeyTable::Create(
   if (at - 8 > kMaxStateBytes) return nullptr;
   // Slots in steps of 16 bytes (a 24-byte key and touch clock, then this).
   if (at <= 24) {
-    return std::make_shared<SharedKeyTableOf<24>>(offsets, max_keys, policy);
+    return std::make_shared<SharedKeyTableOf<24>>(offsets, max_keys, policy,
+                                                  incremental_from_bytes);
   }
   if (at <= 40) {
-    return std::make_shared<SharedKeyTableOf<40>>(offsets, max_keys, policy);
+    return std::make_shared<SharedKeyTableOf<40>>(offsets, max_keys, policy,
+                                                  incremental_from_bytes);
   }
   if (at <= 56) {
-    return std::make_shared<SharedKeyTableOf<56>>(offsets, max_keys, policy);
+    return std::make_shared<SharedKeyTableOf<56>>(offsets, max_keys, policy,
+                                                  incremental_from_bytes);
   }
-  return std::make_shared<SharedKeyTableOf<72>>(offsets, max_keys, policy);
+  return std::make_shared<SharedKeyTableOf<72>>(offsets, max_keys, policy,
+                                                incremental_from_bytes);
 }
 
 size_t SharedKeyTable::BytesOf(int m) const {

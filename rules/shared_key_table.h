@@ -64,8 +64,10 @@ class SharedKeyTable {
 
   // A table for members whose states take `sizes` bytes each (at most
   // kMaxMembers, rounded sizes adding up to at most kMaxStateBytes).
+  // `incremental_from_bytes` as for KeyTable (tests pass 0).
   static std::shared_ptr<SharedKeyTable> Create(
-      const std::vector<size_t>& sizes, size_t max_keys, OverflowPolicy policy);
+      const std::vector<size_t>& sizes, size_t max_keys, OverflowPolicy policy,
+      size_t incremental_from_bytes = kIncrementalGrowthFromBytes);
 
   virtual ~SharedKeyTable() = default;
   SharedKeyTable(const SharedKeyTable&) = delete;
@@ -97,6 +99,8 @@ class SharedKeyTable {
   virtual size_t Bytes() const = 0;
   virtual void SetBudget(MemoryBudget* budget) = 0;
   virtual bool Reserve(size_t keys) = 0;
+  // KeyTable::MigrateIdle.
+  virtual bool MigrateIdle(size_t steps) = 0;
 
   // Distinct keys in the table (of any member).
   virtual size_t keys() const = 0;
@@ -189,6 +193,7 @@ class SharedMember {
   }
   bool Erase(const Hash128& key) { return t_->Erase(key, m_); }
   void Prefetch(const Hash128& key) const { t_->Prefetch(key); }
+  bool MigrateIdle(size_t steps) { return t_->MigrateIdle(steps); }
 
   template <typename F>
   void ForEach(F&& f) const {

@@ -92,6 +92,7 @@ class UniqueState final : public RuleState {
   void SetBudget(MemoryBudget* budget) override { table_.SetBudget(budget); }
   // A unique rule's keys are its (key, value) pairs.
   void Reserve(size_t keys) override { table_.Reserve(keys); }
+  bool MigrateIdle(size_t steps) override { return table_.MigrateIdle(steps); }
 
   void Rebind(const KindConfig* config) override {
     c_ = static_cast<const UniqueConfig*>(config);

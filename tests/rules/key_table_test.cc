@@ -157,10 +157,15 @@ RC_GTEST_PROP(KeyTableProperty, IncrementalGrowthMatchesReference, ()) {
   std::map<uint64_t, std::string> ref;
   const auto ops =
       *rc::gen::container<std::vector<std::pair<int, uint64_t>>>(rc::gen::pair(
-          rc::gen::inRange(0, 10), rc::gen::inRange<uint64_t>(0, 4000)));
+          rc::gen::inRange(0, 11), rc::gen::inRange<uint64_t>(0, 4000)));
   bool migrated = false;
   for (const auto& [op, k] : ops) {
-    if (op < 8) {
+    if (op == 10) {
+      // An idle step (a worker with nothing queued) moves part of the old
+      // array, as lookups do.
+      const bool done = t.MigrateIdle(k % 8 + 1);
+      RC_ASSERT(done == !t.Migrating());
+    } else if (op < 8) {
       const bool present = ref.count(k) != 0;
       auto r = t.FindOrInsert(K(k));
       if (r.state == nullptr) {
@@ -200,6 +205,39 @@ RC_GTEST_PROP(KeyTableProperty, IncrementalGrowthMatchesReference, ()) {
   RC_ASSERT(visited == ref.size());
   RC_ASSERT(t.heap_bytes() == heap);
   RC_TAG(migrated ? "grew while in use" : "no migration");
+}
+
+// A table that grew just before its input went quiet: idle steps finish
+// the migration, release the old array and its charge, and move every key
+// with its state.
+TEST(KeyTableTest, IdleStepsFinishAGrowthAndReleaseTheOldArray) {
+  MemoryBudget budget(1 << 30);
+  KeyTable<uint64_t> t(1'000'000, OverflowPolicy::kEvictOldest,
+                       /*incremental_from_bytes=*/0);
+  t.SetBudget(&budget);
+  uint64_t n = 0;
+  for (; n < 50'000 || !t.Migrating(); ++n) *t.FindOrInsert(K(n)).state = n;
+  const size_t both = t.SlotBytes();  // the new array and the old one
+  const size_t charged = budget.used();
+  size_t steps = 0;
+  while (!t.MigrateIdle(16)) ++steps;
+  EXPECT_FALSE(t.Migrating());
+  EXPECT_TRUE(t.MigrateIdle(16));  // nothing left: a no-op
+  const size_t per_slot = t.SlotBytes() / t.capacity();
+  ASSERT_LT(t.SlotBytes(), both);
+  const size_t old_slots = (both - t.SlotBytes()) / per_slot;
+  // Each step moves an entry or passes an empty position (an entry pulled
+  // back into the cursor's position is moved by a later step).
+  EXPECT_LE(steps * 16, 2 * old_slots + 16);
+  // The charge follows (in whole chunks of the budget).
+  EXPECT_LT(budget.used(), charged);
+  EXPECT_GE(budget.used(), t.Bytes());
+  ASSERT_EQ(t.size(), n);
+  for (uint64_t k = 0; k < n; ++k) {
+    const uint64_t* v = t.Find(K(k));
+    ASSERT_NE(v, nullptr) << k;
+    EXPECT_EQ(*v, k);
+  }
 }
 
 TEST(KeyTableTest, SmallTablesGrowAtOnce) {

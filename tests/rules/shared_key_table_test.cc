@@ -176,5 +176,57 @@ TEST(SharedKeyTableTest, ClearingAMemberLeavesTheOthersWhole) {
   EXPECT_EQ(t->Find(K(2), 0), nullptr);
 }
 
+// Idle steps move slots: the slot the members of one event reuse must not
+// outlive them. Member 0 looks up a key that the migration will move (its
+// slot is kept for the next member), the migration finishes and frees the
+// old array, then member 1 asks for the same key: it must get the key's
+// new slot (the sanitizer build also checks that nothing reads the freed
+// array).
+std::shared_ptr<SharedKeyTable> GrowingTwoMembers(uint64_t* n) {
+  auto t =
+      SharedKeyTable::Create({16, 16}, 100'000, OverflowPolicy::kEvictOldest,
+                             /*incremental_from_bytes=*/0);
+  // Grow until a migration is under way (most keys still in the old array).
+  for (*n = 0; *n < 2'000 || t->MigrateIdle(0); ++*n) {
+    Put(t->FindOrInsert(K(*n), 0).state, *n);
+  }
+  return t;
+}
+
+TEST(SharedKeyTableTest, IdleMigrationMovesEveryMembersState) {
+  // A twin built the same way shows which key the migration moves.
+  uint64_t n = 0;
+  uint64_t key = UINT64_MAX;
+  {
+    auto twin = GrowingTwoMembers(&n);
+    std::vector<const void*> before(n);
+    for (uint64_t k = 0; k < n; ++k) before[k] = twin->Find(K(k), 0);
+    while (!twin->MigrateIdle(8)) {
+    }
+    for (uint64_t k = 0; k < n && key == UINT64_MAX; ++k) {
+      if (twin->Find(K(k), 0) != before[k]) key = k;
+    }
+  }
+  ASSERT_NE(key, UINT64_MAX);
+  auto t = GrowingTwoMembers(&n);
+  SharedKeyTable::Ref r0 = t->FindOrInsert(K(key), 0);
+  ASSERT_FALSE(r0.inserted);
+  while (!t->MigrateIdle(8)) {
+  }
+  SharedKeyTable::Ref r1 = t->FindOrInsert(K(key), 1);
+  ASSERT_NE(r1.state, nullptr);
+  EXPECT_TRUE(r1.inserted);
+  Put(r1.state, 7);
+  EXPECT_EQ(t->keys(), n);
+  EXPECT_EQ(t->size(0), n);
+  EXPECT_EQ(t->size(1), 1u);
+  for (uint64_t k = 0; k < n; ++k) {
+    ASSERT_NE(t->Find(K(k), 0), nullptr) << k;
+    EXPECT_EQ(Get(t->Find(K(k), 0)), k);
+  }
+  ASSERT_NE(t->Find(K(key), 1), nullptr);
+  EXPECT_EQ(Get(t->Find(K(key), 1)), 7u);
+}
+
 }  // namespace
 }  // namespace invariantd
