@@ -436,11 +436,12 @@ bool Engine::CaptureSlice(size_t max_slots) {
 }
 
 bool Engine::MigrateIdle(size_t steps) {
-  bool done = true;
+  // One table's step per call (the members of a shared table would each
+  // step it): a call moves at most about `steps` slots.
   for (auto& st : states_) {
-    if (!st->MigrateIdle(steps)) done = false;
+    if (!st->MigrateIdle(steps)) return false;
   }
-  return done;
+  return true;
 }
 
 absl::Status Engine::RestoreState(std::string_view in,

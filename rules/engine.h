@@ -145,11 +145,11 @@ class Engine {
   void BeginSlice(const ImageSpec& next);
   bool CaptureSlice(size_t max_slots);
 
-  // Idle work: moves up to about `steps` slots of each rule table's growth
-  // still in progress (RuleState::MigrateIdle), for a worker with nothing
-  // to evaluate; true once no table is migrating. A table migrates a few
-  // slots per lookup otherwise, so one that grew just before the input
-  // went quiet would hold its old array until events arrive.
+  // Idle work: moves up to about `steps` slots of a rule table's growth
+  // still in progress (RuleState::MigrateIdle; one table per call), for a
+  // worker with nothing to evaluate; true once no table is migrating. A table
+  // migrates a few slots per lookup otherwise, so one that grew just before the
+  // input went quiet would hold its old array until events arrive.
   bool MigrateIdle(size_t steps);
   absl::Status RestoreState(std::string_view in,
                             std::vector<std::string>* skipped,

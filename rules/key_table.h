@@ -72,13 +72,16 @@ struct NoEvictHook {
   void operator()(const Hash128&, const State&) const {}
 };
 
+// Old arrays at least this large migrate a few slots per lookup after a
+// growth; smaller ones are rehashed at once. A 64 MiB array (1.6M slots,
+// 1.4M keys) rehashes in ~40 ms, and incremental migration costs more in
+// all (~150 ns per entry moved against ~25 ns), so only the largest tables,
+// whose one-shot rehash would stall evaluation for longer, use it.
+inline constexpr size_t kIncrementalGrowthFromBytes = size_t{64} << 20;
+
 // `HeapOf(state)` is the heap memory a State owns: the table subtracts it
 // when it removes a state, and the caller reports changes with
 // AddHeapBytes, so heap_bytes() is exact without a scan.
-// Old arrays at least this large migrate a few slots per lookup after a
-// growth; smaller ones are rehashed at once (KeyTable::Grow).
-inline constexpr size_t kIncrementalGrowthFromBytes = size_t{64} << 20;
-
 template <typename State, typename HeapOf = NoHeap<State>,
           typename OnEvict = NoEvictHook<State>>
 class KeyTable {
@@ -86,7 +89,7 @@ class KeyTable {
   // `incremental_from_bytes`: old arrays at least this large are migrated
   // incrementally, smaller ones at once (tests pass 0 to always migrate).
   KeyTable(size_t max_keys, OverflowPolicy policy,
-           size_t incremental_from_bytes = kIncrementalFromBytes)
+           size_t incremental_from_bytes = kIncrementalGrowthFromBytes)
       : max_keys_(max_keys),
         policy_(policy),
         incremental_from_bytes_(incremental_from_bytes) {}
@@ -370,11 +373,6 @@ class KeyTable {
   // insertions before the next growth; 4 positions per call (at least one
   // call per insertion) empties the old array after 0.25 x old capacity.
   static constexpr int kMigrateSteps = 4;
-  // Below this, a growth rehashes at once: a 64 MiB array (1.6M slots,
-  // 1.4M keys) takes ~40 ms, and incremental migration costs more in all
-  // (~150 ns per entry moved against ~25 ns), so only the largest tables,
-  // whose one-shot rehash would stall evaluation for longer, use it.
-  static constexpr size_t kIncrementalFromBytes = kIncrementalGrowthFromBytes;
   static constexpr size_t kPrefetchAhead = 8;
   static constexpr size_t kKeepSortBytes = size_t{4} << 20;
 
